@@ -30,10 +30,23 @@ step "build tools"
 pip install -q "setuptools==80.9.0" wheel ninja
 step "torch + torchvision (exact pair for this machine; pyproject declares ranges)"
 pip install -q "torch==2.14.1" "torchvision==0.29.1"
-step "OpenMMLab: mmengine, then mmcv 2.1.0 compiled against this torch (about 17 min once; cached after)"
+step "OpenMMLab: mmengine, then mmcv 2.1.0 compiled against this torch (about 20-40 min once; cached after)"
 pip install -q "mmengine==0.10.7" "numpy>=2" opencv-python-headless
 if ! "$VENV/bin/python" -c "import mmcv.ops" 2>/dev/null; then
-  MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-2} pip install -q --no-build-isolation "mmcv==2.1.0"
+  # mmcv 2.1.0 compiles with -std=c++17, but the headers of recent torch (2.14 here) require C++20; we patch that one
+  # flag in its sdist and cache the wheel per torch version (it is ABI-bound to the torch it saw).
+  torch_version=$("$VENV/bin/python" -c "import torch; print(torch.__version__)")
+  mmcv_wheels="$WHEELS/mmcv-2.1.0-torch-$torch_version"
+  if ! ls "$mmcv_wheels"/mmcv-2.1.0-*.whl >/dev/null 2>&1; then
+    build=$(mktemp -d)
+    pip download -q --no-deps --no-binary :all: --no-build-isolation "mmcv==2.1.0" -d "$build"
+    tar xzf "$build"/mmcv-2.1.0.tar.gz -C "$build"
+    sed -i "s/\['-std=c++17'\]/['-std=c++20']/" "$build/mmcv-2.1.0/setup.py"
+    MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-2} pip wheel -q --no-build-isolation --no-deps \
+      -w "$mmcv_wheels" "$build/mmcv-2.1.0"
+    rm -rf "$build"
+  fi
+  pip install -q "$mmcv_wheels"/mmcv-2.1.0-*.whl
 fi
 pip install -q "mmsegmentation==1.2.2" ftfy regex
 step "detectron2 0.7.2 as pure Python"

@@ -1,0 +1,121 @@
+"""`maet`: the suite's command line. Each subcommand is a thin layer over a library function."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import types
+import typing
+from pathlib import Path
+
+from mae_core.errors import MAETransferError
+
+
+def add_dataclass_args(parser: argparse.ArgumentParser, cls, required=()) -> None:
+    """Expose every field of a config dataclass as `--field-name` (bools get --x/--no-x, dicts take JSON)."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        flag, hint = "--" + f.name.replace("_", "-"), hints[f.name]
+        has_default = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+        default = None if not has_default else (
+            f.default if f.default is not dataclasses.MISSING else f.default_factory())
+        kind = _base_type(hint)
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+        elif kind is dict:
+            parser.add_argument(flag, type=json.loads, default=default, metavar="JSON")
+        else:
+            parser.add_argument(flag, type=kind, default=default, required=not has_default or f.name in required)
+
+
+def _base_type(hint):
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    return typing.get_origin(hint) or hint
+
+
+def dataclass_from_args(cls, args: argparse.Namespace):
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+
+def _cmd_pretrain(args) -> None:
+    from mae_core.train.pretrain import PretrainConfig, pretrain
+
+    pretrain(dataclass_from_args(PretrainConfig, args))
+
+
+def _cmd_make_data(args) -> None:
+    from mae_core.data import write_synthetic
+
+    summary = write_synthetic(args.out, seed=args.seed, num_train=args.num_train, num_val=args.num_val,
+                              img_size=args.img_size)
+    print(json.dumps(summary, indent=2, default=str))
+
+
+def _cmd_visualize(args) -> None:
+    from mae_core.checkpoints import build_mae_from_checkpoint
+    from mae_core.visualize import load_images, visualize
+
+    model, _ = build_mae_from_checkpoint(args.checkpoint)
+    images = load_images(args.images, model.img_size, limit=args.num_images)
+    out = visualize(model, images, args.out, mask_ratio=args.mask_ratio, seed=args.seed)
+    print(f"reconstruction grid: {out}")
+
+
+def _cmd_demo(args) -> None:
+    from benchmarks.demo import run_demo
+
+    run_demo(Path(args.out), epochs=args.epochs, seed=args.seed, num_train=args.num_train)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from mae_core.train.pretrain import PretrainConfig
+
+    parser = argparse.ArgumentParser(prog="maet", description="Masked Autoencoders and their transfer benchmarks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("pretrain", help="MAE pretraining on an ImageNet-layout folder (torchrun for DDP)")
+    add_dataclass_args(p, PretrainConfig)
+    p.set_defaults(func=_cmd_pretrain)
+
+    p = sub.add_parser("make-data", help="write generated data sets in the real on-disk layouts")
+    p.add_argument("kind", choices=["synthetic"])
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-train", type=int, default=1000)
+    p.add_argument("--num-val", type=int, default=200)
+    p.add_argument("--img-size", type=int, default=64)
+    p.set_defaults(func=_cmd_make_data)
+
+    p = sub.add_parser("visualize", help="reconstruction grid of an MAE checkpoint (decoder included)")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--images", required=True, help="folder searched recursively for images")
+    p.add_argument("--out", default="reconstructions.png")
+    p.add_argument("--num-images", type=int, default=8)
+    p.add_argument("--mask-ratio", type=float, default=0.75)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_visualize)
+
+    p = sub.add_parser("demo", help="the end-to-end CPU demo on generated data")
+    p.add_argument("--out", default="output/demo")
+    p.add_argument("--epochs", type=int, default=None, help="pretraining epochs (default: the demo's own)")
+    p.add_argument("--num-train", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except MAETransferError as e:
+        print(f"maet {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Training engines (pretraining now; fine-tuning and linear probing build on the same pieces)."""

@@ -1,0 +1,242 @@
+"""MAE pretraining engine: the official recipe on CUDA (AMP, DDP via torchrun) and on CPU.
+
+Recipe defaults (PRETRAIN.md of the official repo): AdamW betas (0.9, 0.95), weight decay 0.05
+(none on biases, norms, pos-embeds and tokens), lr = blr x effective batch / 256 with blr 1.5e-4,
+per-iteration linear warm-up then half-cycle cosine, RandomResizedCrop(0.2-1) + flip, mask 0.75.
+
+A run writes into its output folder: `checkpoint-last.pth` (resumable, atomic, every
+`save_every` epochs), `checkpoint-EPOCH.pth` every `keep_every` epochs, `mae_pretrain.pth`
+(final weights, our format, decoder included), `log.jsonl` (step, loss, lr, img/s) and
+`config.json`. Started again on the same folder it resumes where it stopped, bitwise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+import uuid
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from ..checkpoints import load_file, save_mae_checkpoint
+from ..data import ImageFolderDataset, build_pretrain_transform
+from ..errors import CheckpointFormatError, NonFiniteLossError
+from ..mae import MAE_PRESETS, MaskedAutoencoder
+from ..provenance import git_commit, now_iso, versions
+from .distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed
+from .metrics import MetricsLog
+from .optim import lr_at, param_groups_weight_decay, scaled_lr, set_lr
+from .seeded import SeededMaskingDataset
+
+LAST = "checkpoint-last.pth"
+FINAL = "mae_pretrain.pth"
+
+
+@dataclass
+class PretrainConfig:
+    data_path: str
+    output_dir: str
+    model: str = "mae_vit_base_patch16"
+    model_kwargs: dict = field(default_factory=dict)  # overrides of the preset, e.g. {"depth": 4}
+    img_size: int = 224
+    norm_pix_loss: bool = True  # the paper's default target (Table 1c)
+    mask_ratio: float = 0.75
+    epochs: int = 400
+    warmup_epochs: float = 40
+    batch_size: int = 64  # per process
+    accum_iter: int = 1
+    blr: float = 1.5e-4
+    lr: float | None = None  # absolute lr; None = blr x effective batch / 256
+    min_lr: float = 0.0
+    weight_decay: float = 0.05
+    seed: int = 0
+    num_workers: int = 8
+    device: str = "auto"
+    precision: str = "auto"  # fp32 | fp16 | bf16; auto = fp16 on CUDA, fp32 on CPU
+    save_every: int = 1
+    keep_every: int = 20
+    log_every: int = 10
+    resume: str | None = None  # a checkpoint-last.pth; None = auto-resume from output_dir if present
+    skip_corrupt: bool = False
+    progress: bool = True
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _resolve_precision(precision: str, device: torch.device) -> str:
+    if precision == "auto":
+        return "fp16" if device.type == "cuda" else "fp32"
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("fp16 autocast with a grad scaler needs CUDA; on CPU use --precision bf16 or fp32")
+    if precision not in ("fp32", "fp16", "bf16"):
+        raise ValueError(f"--precision must be one of auto, fp32, fp16, bf16; got {precision!r}")
+    return precision
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.float16 if precision == "fp16" else torch.bfloat16)
+
+
+def _model_kwargs(cfg: PretrainConfig) -> dict:
+    if cfg.model not in MAE_PRESETS:
+        raise ValueError(f"unknown model {cfg.model!r}; presets: {', '.join(MAE_PRESETS)}")
+    return {**MAE_PRESETS[cfg.model], "img_size": cfg.img_size, "norm_pix_loss": cfg.norm_pix_loss,
+            **cfg.model_kwargs}
+
+
+def _meta(cfg: PretrainConfig, kwargs: dict, epoch: int, run: dict) -> dict:
+    return {"format": "mae-transfer/1", "arch": cfg.model, "model_kwargs": kwargs, "img_size": kwargs["img_size"],
+            "patch_size": kwargs["patch_size"], "norm_pix_loss": kwargs["norm_pix_loss"], "epoch": epoch,
+            "run": run}
+
+
+def _find_resume(cfg: PretrainConfig) -> Path | None:
+    if cfg.resume:
+        return Path(cfg.resume)
+    last = Path(cfg.output_dir) / LAST
+    return last if last.exists() else None
+
+
+def _restore(path: Path, model, optimizer, scaler, kwargs: dict) -> tuple[int, dict]:
+    state = load_file(path)
+    if not {"model", "optimizer", "epoch", "meta"} <= set(state):
+        raise CheckpointFormatError(f"{path} is not a resumable pretraining checkpoint (it lacks optimizer/epoch); "
+                                    "to start from its weights instead, use it as an init, not --resume")
+    saved_kwargs = state["meta"].get("model_kwargs", {})
+    if saved_kwargs != kwargs:
+        diff = {k: (saved_kwargs.get(k), kwargs.get(k)) for k in set(saved_kwargs) | set(kwargs)
+                if saved_kwargs.get(k) != kwargs.get(k)}
+        raise CheckpointFormatError(f"cannot resume from {path}: it was trained with another model "
+                                    f"configuration (checkpoint vs now: {diff}); use a new --output-dir")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if "scaler" in state:
+        scaler.load_state_dict(state["scaler"])
+    if "rng" in state:
+        torch.set_rng_state(state["rng"]["torch"])
+    return int(state["epoch"]) + 1, state["meta"].get("run", {})
+
+
+def train_one_epoch(model, loader, optimizer, scaler, epoch: int, cfg: PretrainConfig, info: DistInfo,
+                    precision: str, peak_lr: float, log: MetricsLog, last_good: Path | None) -> dict:
+    model.train()
+    steps = len(loader)
+    bar = tqdm(loader, desc=f"pretrain epoch {epoch + 1}/{cfg.epochs}", leave=False,
+               disable=not (cfg.progress and info.is_main), dynamic_ncols=True)
+    losses, seen, t0 = [], 0, time.perf_counter()
+    for step, (imgs, _, noise) in enumerate(bar):
+        if step % cfg.accum_iter == 0:  # per-iteration schedule, as the official code
+            lr = lr_at(step / steps + epoch, peak_lr, cfg.min_lr, cfg.warmup_epochs, cfg.epochs)
+            set_lr(optimizer, lr)
+        imgs = imgs.to(info.device, non_blocking=True)
+        noise = noise.to(info.device, non_blocking=True)
+        with _autocast(info.device, precision):
+            loss = model(imgs, mask_ratio=cfg.mask_ratio, noise=noise).loss
+        loss_value = all_reduce_mean(loss.item(), info)  # same value on every rank: all stop together
+        if not math.isfinite(loss_value):
+            raise NonFiniteLossError(
+                f"loss is {loss_value} at epoch {epoch + 1}, step {step}; stopping. The last good checkpoint is "
+                f"{last_good or 'not written yet'}. Try a lower --blr, --precision bf16 instead of fp16, "
+                "or check the input images.")
+        update = (step + 1) % cfg.accum_iter == 0
+        sync = model.no_sync() if (info.enabled and not update) else nullcontext()
+        with sync:
+            scaler.scale(loss / cfg.accum_iter).backward()
+        if update:
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+        losses.append(loss_value)
+        seen += imgs.shape[0] * info.world_size
+        bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+        if (step + 1) % cfg.log_every == 0 or step + 1 == steps:
+            log.write(epoch=epoch, step=epoch * steps + step + 1, loss=loss_value,
+                      lr=optimizer.param_groups[0]["lr"], img_per_s=seen / (time.perf_counter() - t0))
+    return {"loss": sum(losses) / max(len(losses), 1), "img_per_s": seen / (time.perf_counter() - t0)}
+
+
+def pretrain(cfg: PretrainConfig) -> Path:
+    """Run (or resume) pretraining; returns the path of the final weights."""
+    info = init_distributed(cfg.device)
+    try:
+        return _pretrain(cfg, info)
+    finally:
+        cleanup(info)
+
+
+def _pretrain(cfg: PretrainConfig, info: DistInfo) -> Path:
+    out = Path(cfg.output_dir)
+    precision = _resolve_precision(cfg.precision, info.device)
+    kwargs = _model_kwargs(cfg)
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    model = MaskedAutoencoder(**kwargs).to(info.device)
+
+    dataset = ImageFolderDataset(cfg.data_path, "train", build_pretrain_transform(kwargs["img_size"]),
+                                 skip_corrupt=cfg.skip_corrupt)
+    seeded = SeededMaskingDataset(dataset, model.patch_embed.num_patches, cfg.seed)
+    sampler = DistributedSampler(seeded, num_replicas=info.world_size, rank=info.rank, shuffle=True,
+                                 seed=cfg.seed, drop_last=True)
+    loader = DataLoader(seeded, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
+                        pin_memory=info.device.type == "cuda", drop_last=True)
+    if len(loader) == 0:
+        raise ValueError(f"{len(dataset)} training images cannot fill one batch of {cfg.batch_size} x "
+                         f"{info.world_size} processes; lower --batch-size")
+
+    effective_batch = cfg.batch_size * cfg.accum_iter * info.world_size
+    peak_lr = cfg.lr if cfg.lr is not None else scaled_lr(cfg.blr, effective_batch)
+    optimizer = torch.optim.AdamW(param_groups_weight_decay(model, cfg.weight_decay), lr=peak_lr, betas=(0.9, 0.95))
+    scaler = torch.amp.GradScaler(info.device.type, enabled=precision == "fp16")
+
+    run = {"run_id": uuid.uuid4().hex[:12], "git_commit": git_commit(), "started_at": now_iso(),
+           "seed": cfg.seed, "config": cfg.to_dict(), "versions": versions(), "device": str(info.device),
+           "world_size": info.world_size, "effective_batch": effective_batch, "lr": peak_lr}
+    start_epoch, resume_path = 0, _find_resume(cfg)
+    if resume_path is not None:
+        start_epoch, saved_run = _restore(resume_path, model, optimizer, scaler, kwargs)
+        run = {**saved_run, "resumed_at": now_iso(), "resumed_from_epoch": start_epoch}
+    ddp_model = DistributedDataParallel(model) if info.enabled else model
+
+    log = MetricsLog(out / "log.jsonl", enabled=info.is_main)
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(run, indent=2, default=str))
+        log.truncate_from_epoch(start_epoch)
+        print(f"pretraining {cfg.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params) on "
+              f"{len(dataset)} images, {info.world_size} process(es) on {info.device}, {precision}, "
+              f"effective batch {effective_batch}, lr {peak_lr:.3g}, epochs {start_epoch + 1}..{cfg.epochs}")
+
+    last_good = resume_path
+    for epoch in range(start_epoch, cfg.epochs):
+        sampler.set_epoch(epoch)
+        seeded.set_epoch(epoch)
+        stats = train_one_epoch(ddp_model, loader, optimizer, scaler, epoch, cfg, info, precision, peak_lr,
+                                log, last_good)
+        if info.is_main:
+            log.write(epoch=epoch, epoch_loss=stats["loss"], img_per_s=stats["img_per_s"])
+            print(f"epoch {epoch + 1}/{cfg.epochs}: loss {stats['loss']:.4f}, {stats['img_per_s']:.1f} img/s")
+            meta = _meta(cfg, kwargs, epoch, run)
+            if (epoch + 1) % cfg.save_every == 0 or epoch + 1 == cfg.epochs:
+                last_good = save_mae_checkpoint(
+                    out / LAST, model, meta, optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
+                    epoch=epoch, rng={"torch": torch.get_rng_state()})
+            if cfg.keep_every and (epoch + 1) % cfg.keep_every == 0:
+                save_mae_checkpoint(out / f"checkpoint-{epoch + 1}.pth", model, meta)
+        barrier(info)
+
+    final = out / FINAL
+    if info.is_main:
+        save_mae_checkpoint(final, model, _meta(cfg, kwargs, cfg.epochs - 1, {**run, "finished_at": now_iso()}))
+        print(f"final weights: {final}")
+    barrier(info)
+    return final

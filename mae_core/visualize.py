@@ -1,0 +1,78 @@
+"""Reconstruction figures: original | masked | reconstruction | reconstruction with visible patches pasted.
+
+With `norm_pix_loss` the model predicts each patch normalised by its own mean and variance; to show
+pixels we un-normalise every predicted patch with the statistics of the true patch, as the
+official visualisation of norm-pix models does.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from .data import build_eval_transform, denormalize
+from .errors import DatasetLayoutError
+from .mae import MaskedAutoencoder
+
+COLUMNS = ("original", "masked", "reconstruction", "reconstruction + visible")
+IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".bmp", ".webp"}
+
+
+@torch.no_grad()
+def reconstruct(model: MaskedAutoencoder, imgs: torch.Tensor, mask_ratio: float = 0.75,
+                noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """The four panels for a batch of normalised images, each (N, C, H, W) in normalised space."""
+    model.eval()
+    _, pred, mask = model(imgs, mask_ratio=mask_ratio, noise=noise)
+    if model.norm_pix_loss:
+        target = model.patchify(imgs)
+        mean, var = target.mean(dim=-1, keepdim=True), target.var(dim=-1, keepdim=True)
+        pred = pred * (var + 1.0e-6) ** 0.5 + mean
+    recon = model.unpatchify(pred)
+    mask_img = model.unpatchify(mask.unsqueeze(-1).expand(-1, -1, pred.shape[-1]))  # 1 = removed
+    return {"original": imgs, "masked": imgs * (1 - mask_img), "reconstruction": recon,
+            "reconstruction + visible": imgs * (1 - mask_img) + recon * mask_img, "mask": mask_img}
+
+
+def load_images(folder: str | Path, img_size: int, limit: int = 8) -> torch.Tensor:
+    """Up to `limit` images found under `folder` (recursively, sorted), with the official eval transform."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetLayoutError(f"image folder {folder} does not exist")
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
+    if not paths:
+        raise DatasetLayoutError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {folder}")
+    transform = build_eval_transform(img_size)
+    return torch.stack([transform(Image.open(p).convert("RGB")) for p in paths])
+
+
+def _to_uint8(x: torch.Tensor) -> np.ndarray:
+    x = denormalize(x).clamp(0, 1)
+    return (x.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+
+def save_grid(panels: dict[str, torch.Tensor], path: str | Path, cell: int = 160) -> Path:
+    """One row per image, one column per panel, titled; small images are enlarged (nearest) to `cell` px."""
+    n = panels["original"].shape[0]
+    title_h, pad = 18, 4
+    grid = Image.new("RGB", (len(COLUMNS) * (cell + pad) + pad, title_h + n * (cell + pad) + pad), "white")
+    draw = ImageDraw.Draw(grid)
+    for c, name in enumerate(COLUMNS):
+        draw.text((pad + c * (cell + pad) + 4, 3), name, fill="black")
+        for r in range(n):
+            tile = Image.fromarray(_to_uint8(panels[name][r])).resize((cell, cell), Image.NEAREST)
+            grid.paste(tile, (pad + c * (cell + pad), title_h + pad + r * (cell + pad)))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(path)
+    return path
+
+
+def visualize(model: MaskedAutoencoder, images: torch.Tensor, path: str | Path, mask_ratio: float = 0.75,
+              seed: int = 0) -> Path:
+    """Write the reconstruction grid for `images`; the masks are drawn from `seed` (repeatable figures)."""
+    noise = torch.rand(images.shape[0], model.patch_embed.num_patches, generator=torch.Generator().manual_seed(seed))
+    return save_grid(reconstruct(model, images, mask_ratio, noise), path)
