@@ -18,17 +18,19 @@ from __future__ import annotations
 
 import inspect
 import re
-from functools import lru_cache
+from functools import lru_cache, partial
 
 import torch
+import torch.nn as nn
 
-from .errors import CheckpointFormatError
+from .errors import ArchitectureMismatchError, CheckpointFormatError
+from .mae import MAE_PRESETS, MaskedAutoencoder
 
 LAYOUTS = ("legacy", "modular")
 _DECODER = ("mask_token", "decoder_")  # official keys of the decoder
 
-# official module -> HF module, per layout (legacy, modular). "{vit}" is the encoder prefix
-# ("vit." in ViTMAEForPreTraining, "" in ViTMAEModel); "{i}" is a block index.
+# official module -> HF module. "{vit}" is the encoder prefix ("vit." in ViTMAEForPreTraining,
+# "" in ViTMAEModel); "{i}" is a block index. Outside the blocks both layouts use the same names.
 _OUTSIDE_BLOCKS = {
     "cls_token": "{vit}embeddings.cls_token",
     "pos_embed": "{vit}embeddings.position_embeddings",
@@ -78,12 +80,14 @@ def _pattern(module: str, vit: str) -> re.Pattern:
 
 
 def _fill(module: str, vit: str, match: re.Match) -> str:
-    return module.replace("{vit}", vit).replace("{i}", match.groupdict().get("i") or "") + (match["suffix"] or "")
+    index, suffix = match.groupdict().get("i") or "", match["suffix"] or ""
+    return module.replace("{vit}", vit).replace("{i}", index) + suffix
 
 
 def _unknown(keys: list[str], what: str, expected: str) -> CheckpointFormatError:
     shown = ", ".join(keys[:10]) + (f", ... ({len(keys)} in all)" if len(keys) > 10 else "")
-    return CheckpointFormatError(f"{what} has keys this converter does not know: {shown}. Expected {expected}.")
+    return CheckpointFormatError(f"{what} has keys this converter does not know: {shown}. "
+                                 f"Expected {expected}.")
 
 
 @lru_cache(maxsize=1)
@@ -126,19 +130,20 @@ def mae_to_hf_state_dict(sd: dict[str, torch.Tensor], target: str = "pretraining
             out[_fill(hf, vit, match)] = tensor if part is None else tensor.chunk(3, dim=0)[part].clone()
     if unknown:
         raise _unknown(unknown, "MAE state dict",
-                       "official MAE / timm names (cls_token, pos_embed, patch_embed.proj.*, blocks.N.*, norm.*, "
-                       "and optionally mask_token, decoder_*); a fine-tuned checkpoint's fc_norm/head have no "
-                       "place in ViTMAE: drop them first")
+                       "official MAE / timm names (cls_token, pos_embed, patch_embed.proj.*, blocks.N.*, "
+                       "norm.*, and optionally mask_token, decoder_*); a fine-tuned checkpoint's "
+                       "fc_norm/head have no place in ViTMAE: drop them first")
     return out
 
 
 def hf_to_mae_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """HF ViTMAE keys (ForPreTraining with `vit.`, or ViTMAEModel without; either layout) -> official keys."""
     vit = "vit." if any(k.startswith("vit.") for k in sd) else ""
-    rules = [(_pattern(hf, vit), ours, part) for layout in LAYOUTS for ours, hf, part in _rename_table(layout)]
+    rules = [(_pattern(hf, vit), ours, part)
+             for layout in LAYOUTS for ours, hf, part in _rename_table(layout)]
     out, qkv_parts, unknown = {}, {}, []  # qkv_parts: official key -> {part: tensor}
     for key, tensor in sd.items():
-        hit = next(((ours, part, match) for pattern, ours, part in rules if (match := pattern.match(key))), None)
+        hit = next(((ours, part, m) for pattern, ours, part in rules if (m := pattern.match(key))), None)
         if hit is None:
             unknown.append(key)
             continue
@@ -173,8 +178,6 @@ def hf_config_from_mae(model_or_kwargs, mask_ratio: float = 0.75, **overrides):
     """
     from transformers import ViTMAEConfig
 
-    from .mae import MAE_PRESETS, MaskedAutoencoder
-
     if isinstance(model_or_kwargs, MaskedAutoencoder):
         m = model_or_kwargs
         img, patch = tuple(m.patch_embed.img_size), tuple(m.patch_embed.patch_size)
@@ -186,6 +189,8 @@ def hf_config_from_mae(model_or_kwargs, mask_ratio: float = 0.75, **overrides):
                  norm_pix_loss=m.norm_pix_loss, eps=m.norm.eps)
     else:
         if isinstance(model_or_kwargs, str):
+            if model_or_kwargs not in MAE_PRESETS:
+                raise ValueError(f"unknown MAE preset {model_or_kwargs!r}; known: {', '.join(MAE_PRESETS)}")
             model_or_kwargs = MAE_PRESETS[model_or_kwargs]
         defaults = {k: p.default for k, p in inspect.signature(MaskedAutoencoder).parameters.items()}
         kw = {**defaults, **model_or_kwargs}
@@ -199,7 +204,8 @@ def hf_config_from_mae(model_or_kwargs, mask_ratio: float = 0.75, **overrides):
         intermediate_size=a["intermediate"], image_size=img[0] if img[0] == img[1] else img,
         patch_size=patch[0] if patch[0] == patch[1] else patch, num_channels=a["in_chans"],
         decoder_hidden_size=a["decoder_embed_dim"], decoder_num_hidden_layers=a["decoder_depth"],
-        decoder_num_attention_heads=a["decoder_num_heads"], decoder_intermediate_size=a["decoder_intermediate"],
+        decoder_num_attention_heads=a["decoder_num_heads"],
+        decoder_intermediate_size=a["decoder_intermediate"],
         norm_pix_loss=a["norm_pix_loss"], mask_ratio=mask_ratio, layer_norm_eps=a["eps"],
         qkv_bias=True, hidden_act="gelu", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     return ViTMAEConfig(**{**config, **overrides})
@@ -207,18 +213,14 @@ def hf_config_from_mae(model_or_kwargs, mask_ratio: float = 0.75, **overrides):
 
 def mae_kwargs_from_hf_config(config) -> dict:
     """`MaskedAutoencoder` constructor kwargs for a ViTMAEConfig (the inverse of `hf_config_from_mae`)."""
-    from functools import partial
-
-    import torch.nn as nn
-
-    if config.intermediate_size * config.decoder_hidden_size != config.decoder_intermediate_size * config.hidden_size:
-        raise CheckpointFormatError(
-            f"this ViTMAE has different MLP ratios in encoder ({config.intermediate_size}/{config.hidden_size}) and "
-            f"decoder ({config.decoder_intermediate_size}/{config.decoder_hidden_size}); MaskedAutoencoder has one")
+    c = config
+    if c.intermediate_size * c.decoder_hidden_size != c.decoder_intermediate_size * c.hidden_size:
+        raise ArchitectureMismatchError(
+            f"this ViTMAE has different MLP ratios in encoder ({c.intermediate_size}/{c.hidden_size}) and "
+            f"decoder ({c.decoder_intermediate_size}/{c.decoder_hidden_size}); MaskedAutoencoder has one")
     return dict(
-        img_size=config.image_size, patch_size=config.patch_size, in_chans=config.num_channels,
-        embed_dim=config.hidden_size, depth=config.num_hidden_layers, num_heads=config.num_attention_heads,
-        decoder_embed_dim=config.decoder_hidden_size, decoder_depth=config.decoder_num_hidden_layers,
-        decoder_num_heads=config.decoder_num_attention_heads,
-        mlp_ratio=config.intermediate_size / config.hidden_size, norm_pix_loss=config.norm_pix_loss,
-        norm_layer=partial(nn.LayerNorm, eps=config.layer_norm_eps))
+        img_size=c.image_size, patch_size=c.patch_size, in_chans=c.num_channels,
+        embed_dim=c.hidden_size, depth=c.num_hidden_layers, num_heads=c.num_attention_heads,
+        decoder_embed_dim=c.decoder_hidden_size, decoder_depth=c.decoder_num_hidden_layers,
+        decoder_num_heads=c.decoder_num_attention_heads, mlp_ratio=c.intermediate_size / c.hidden_size,
+        norm_pix_loss=c.norm_pix_loss, norm_layer=partial(nn.LayerNorm, eps=c.layer_norm_eps))

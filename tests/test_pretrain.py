@@ -1,0 +1,177 @@
+"""The pretraining engine: recipe pieces, a run end to end, resume after a real kill, DDP, divergence."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mae_core.checkpoints import load_file
+from mae_core.errors import NonFiniteLossError
+from mae_core.mae import create_mae
+from mae_core.train.optim import lr_at, param_groups_weight_decay, scaled_lr
+from mae_core.train.pretrain import FINAL, LAST, PretrainConfig, pretrain
+
+from .conftest import TINY_IMG, TINY_MODEL
+
+
+def tiny_config(data, out, **overrides) -> PretrainConfig:
+    base = dict(data_path=str(data), output_dir=str(out), img_size=TINY_IMG, epochs=3, warmup_epochs=1,
+                batch_size=8, blr=1e-3, num_workers=0, progress=False, log_every=1, keep_every=0, **TINY_MODEL)
+    return PretrainConfig(**{**base, **overrides})
+
+
+def cli_args(cfg: PretrainConfig) -> list[str]:
+    args = []
+    for key, value in cfg.to_dict().items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            args.append(flag if value else "--no-" + key.replace("_", "-"))
+        elif isinstance(value, dict):
+            args += [flag, json.dumps(value)]
+        elif value is not None:
+            args += [flag, str(value)]
+    return args
+
+
+def weights(path) -> dict[str, torch.Tensor]:
+    return load_file(path)["model"]
+
+
+# ---------------------------------------------------------------- recipe pieces
+def test_no_weight_decay_on_biases_norms_pos_embeds_and_tokens():
+    model = create_mae("mae_vit_tiny_patch16", img_size=32, patch_size=8, depth=1, decoder_depth=1)
+    no_decay, decay = param_groups_weight_decay(model, 0.05)
+    names = {id(p): n for n, p in model.named_parameters()}
+    no_decay_names = {names[id(p)] for p in no_decay["params"]}
+    decay_names = {names[id(p)] for p in decay["params"]}
+    assert {"cls_token", "mask_token", "blocks.0.norm1.weight", "blocks.0.attn.qkv.bias", "norm.bias"} <= no_decay_names
+    assert {"blocks.0.attn.qkv.weight", "patch_embed.proj.weight", "decoder_pred.weight"} <= decay_names
+    assert "pos_embed" not in no_decay_names | decay_names  # fixed sin-cos: not trained at all
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    assert all(p.ndim >= 2 for p in decay["params"])
+
+
+def test_lr_schedule_warmup_then_half_cosine():
+    lr, min_lr, warm, total = 1.0, 0.1, 4, 20
+    assert lr_at(0, lr, min_lr, warm, total) == 0.0
+    assert lr_at(2, lr, min_lr, warm, total) == pytest.approx(0.5)
+    assert lr_at(4, lr, min_lr, warm, total) == pytest.approx(1.0)
+    assert lr_at(12, lr, min_lr, warm, total) == pytest.approx(min_lr + (lr - min_lr) * 0.5)  # half-way
+    assert lr_at(20, lr, min_lr, warm, total) == pytest.approx(min_lr)
+    assert scaled_lr(1.5e-4, 4096) == pytest.approx(2.4e-3)  # the paper's ViT pretraining lr
+
+
+# ---------------------------------------------------------------- a run
+def test_pretrain_writes_our_checkpoint_log_and_config(tiny_imagenet, tmp_path):
+    final = pretrain(tiny_config(tiny_imagenet, tmp_path, epochs=2))
+    ckpt = torch.load(final, weights_only=True)
+    assert set(ckpt) == {"model", "meta"}
+    meta = ckpt["meta"]
+    assert meta["arch"] == "mae_vit_tiny_patch16" and meta["img_size"] == TINY_IMG and meta["patch_size"] == 8
+    assert meta["norm_pix_loss"] is True and meta["epoch"] == 1
+    assert meta["run"]["seed"] == 0 and meta["run"]["git_commit"]
+    assert "decoder_pred.weight" in ckpt["model"] and "blocks.1.mlp.fc2.weight" in ckpt["model"]
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    steps = [r for r in log if "step" in r]
+    assert [r["step"] for r in steps] == list(range(1, 17))  # 64 images / batch 8 = 8 steps x 2 epochs
+    assert all({"loss", "lr", "img_per_s"} <= set(r) for r in steps)
+    assert steps[0]["lr"] == 0.0  # warm-up starts from zero, per iteration
+    assert max(r["lr"] for r in steps) == pytest.approx(1e-3 * 8 / 256, rel=0.2)
+    assert json.loads((tmp_path / "config.json").read_text())["config"]["batch_size"] == 8
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_loss_falls_when_training(tiny_imagenet, tmp_path):
+    pretrain(tiny_config(tiny_imagenet, tmp_path, epochs=8, blr=5e-3))
+    epochs = [r["epoch_loss"] for r in map(json.loads, (tmp_path / "log.jsonl").read_text().splitlines())
+              if "epoch_loss" in r]
+    assert epochs[-1] < 0.9 * epochs[0]
+
+
+def test_divergence_stops_with_clear_error_and_keeps_last_good_checkpoint(tiny_imagenet, tmp_path):
+    pretrain(tiny_config(tiny_imagenet, tmp_path, epochs=1))
+    good = weights(tmp_path / LAST)
+    with pytest.raises(NonFiniteLossError, match="last good checkpoint is .*checkpoint-last.pth"):
+        pretrain(tiny_config(tiny_imagenet, tmp_path, epochs=3, lr=1e30))  # resumes, then blows up
+    kept = load_file(tmp_path / LAST)
+    assert kept["epoch"] == 0
+    assert all(torch.equal(kept["model"][k], v) for k, v in good.items())
+
+
+def test_resume_refuses_another_architecture(tiny_imagenet, tmp_path):
+    pretrain(tiny_config(tiny_imagenet, tmp_path, epochs=1))
+    other = {**TINY_MODEL["model_kwargs"], "depth": 3}
+    with pytest.raises(Exception, match="another model configuration"):
+        pretrain(tiny_config(tiny_imagenet, tmp_path, epochs=2, model_kwargs=other))
+
+
+# ---------------------------------------------------------------- resume after a real kill
+def _maet(*args) -> list[str]:
+    return [sys.executable, "-m", "benchmarks.cli", *args]
+
+
+def _env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_bitwise_identical(tiny_imagenet, tmp_path):
+    cfg = dict(epochs=4, blr=5e-3, num_workers=1)
+    full = tmp_path / "uninterrupted"
+    subprocess.run(_maet("pretrain", *cli_args(tiny_config(tiny_imagenet, full, **cfg))), check=True, env=_env(),
+                   capture_output=True)
+
+    killed = tmp_path / "killed"
+    args = _maet("pretrain", *cli_args(tiny_config(tiny_imagenet, killed, **cfg)))
+    proc = subprocess.Popen(args, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = killed / "log.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline:  # kill inside epoch 3, after the epoch-2 checkpoint was written
+        if log.exists() and any(json.loads(line).get("epoch") == 2 for line in log.read_text().splitlines()):
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (killed / FINAL).exists()
+    assert load_file(killed / LAST)["epoch"] == 1
+
+    subprocess.run(args, check=True, env=_env(), capture_output=True)  # same command: auto-resume
+    a, b = weights(full / FINAL), weights(killed / FINAL)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
+    assert load_file(killed / LAST)["optimizer"]["state"].keys() == load_file(full / LAST)["optimizer"]["state"].keys()
+    epochs_logged = [json.loads(x)["epoch"] for x in log.read_text().splitlines() if "epoch_loss" in x]
+    assert epochs_logged == [0, 1, 2, 3]  # the partial epoch's lines were dropped on resume
+
+
+# ---------------------------------------------------------------- DDP
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_match_one_process_at_the_same_global_batch(tiny_imagenet, tmp_path):
+    one = tiny_config(tiny_imagenet, tmp_path / "one", epochs=1, batch_size=8, blr=5e-3)
+    two = tiny_config(tiny_imagenet, tmp_path / "two", epochs=1, batch_size=4, blr=5e-3)  # 2 x 4 = 8
+    subprocess.run(_maet("pretrain", *cli_args(one)), check=True, env=_env(), capture_output=True)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), "-m", "benchmarks.cli"]
+    result = subprocess.run([*torchrun, "pretrain", *cli_args(two)], env=_env(), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    a, b = weights(tmp_path / "one" / FINAL), weights(tmp_path / "two" / FINAL)
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert worst < 1e-5, f"DDP weights differ from single-process by {worst}"
+    assert load_file(tmp_path / "two" / FINAL)["meta"]["run"]["world_size"] == 2
+    initial = create_mae("mae_vit_tiny_patch16", img_size=TINY_IMG, **TINY_MODEL["model_kwargs"]).state_dict()
+    assert not torch.allclose(a["blocks.0.attn.qkv.weight"], initial["blocks.0.attn.qkv.weight"])  # it trained
