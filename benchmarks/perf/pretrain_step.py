@@ -1,0 +1,312 @@
+"""One MAE pretraining step, ours vs Hugging Face `ViTMAEForPreTraining`: throughput and peak memory.
+
+A step is forward (same images, same masking noise for both models), loss, backward, AdamW step,
+zero_grad. Both models get the same configuration, batch, optimizer and precision; weights need
+not match for speed, but a preflight loads our weights into HF (when `mae_core.hf` is there) and
+compares the losses, so we know the two really compute the same network.
+
+Each (model, precision) case runs in a fresh subprocess, so its peak memory is its own: on CUDA
+`torch.cuda.max_memory_allocated`; on CPU the growth of the peak RSS (`ru_maxrss`) from just
+before the model is built (all imports done, inputs made) to after the last step, i.e. weights +
+gradients + AdamW state + the step's activations. Cases run in alternating order over
+`--repeats` rounds so background load drifts hit both models alike.
+
+    python -m benchmarks.perf.pretrain_step --config vit_base --batch 8 --steps 10 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import timm
+import torch
+import transformers
+from transformers import ViTMAEConfig, ViTMAEForPreTraining
+
+from mae_core.mae import MAE_PRESETS, MaskedAutoencoder
+
+MODELS = ("ours", "hf")
+PRECISIONS = ("fp32", "bf16")
+MASK_RATIO = 0.75
+HF_ATTN = "sdpa"  # HF's default; timm's Block also calls F.scaled_dot_product_attention
+# (preset, overrides, default image size). Both use norm_pix_loss, as the official ViT-B recipe.
+CONFIGS = {
+    "vit_base": ("mae_vit_base_patch16", dict(norm_pix_loss=True), 224),
+    # as tests/conftest.py's TINY_MODEL: a step in milliseconds, the same code path as ViT-B
+    "tiny": ("mae_vit_tiny_patch16", dict(patch_size=8, embed_dim=64, depth=2, num_heads=4,
+                                          decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=4,
+                                          norm_pix_loss=True), 32),
+}
+OPTIMIZER = dict(lr=1.5e-4, betas=(0.9, 0.95), weight_decay=0.05)  # the MAE pretraining recipe
+_KIB = 1 if sys.platform == "darwin" else 1024  # ru_maxrss unit: bytes on macOS, KiB on Linux
+
+
+def model_kwargs(config: str, img_size: int | None = None) -> dict:
+    """Constructor kwargs of our MAE for a named benchmark config."""
+    preset, overrides, default_img = CONFIGS[config]
+    return {**MAE_PRESETS[preset], **overrides, "img_size": img_size or default_img}
+
+
+def hf_config(kwargs: dict) -> ViTMAEConfig:
+    """The ViTMAEConfig of the same network (mae_core.hf's mapping if present, else the same by hand)."""
+    try:
+        from mae_core.hf import hf_config_from_mae
+    except ImportError:
+        hf_config_from_mae = None
+    if hf_config_from_mae is not None:
+        return hf_config_from_mae(kwargs, mask_ratio=MASK_RATIO, attn_implementation=HF_ATTN)
+    k, mlp = kwargs, kwargs.get("mlp_ratio", 4.0)
+    return ViTMAEConfig(
+        hidden_size=k["embed_dim"], num_hidden_layers=k["depth"], num_attention_heads=k["num_heads"],
+        intermediate_size=int(k["embed_dim"] * mlp), decoder_hidden_size=k["decoder_embed_dim"],
+        decoder_num_hidden_layers=k["decoder_depth"], decoder_num_attention_heads=k["decoder_num_heads"],
+        decoder_intermediate_size=int(k["decoder_embed_dim"] * mlp), patch_size=k["patch_size"],
+        image_size=k["img_size"], num_channels=3, mask_ratio=MASK_RATIO, layer_norm_eps=1e-6, qkv_bias=True,
+        norm_pix_loss=k.get("norm_pix_loss", False), hidden_act="gelu", hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0, attn_implementation=HF_ATTN)
+
+
+def build(model: str, kwargs: dict) -> torch.nn.Module:
+    if model == "ours":
+        return MaskedAutoencoder(**kwargs)
+    hf = ViTMAEForPreTraining(hf_config(kwargs))
+    if hf.config._attn_implementation != HF_ATTN:  # never silently benchmark HF's slow path
+        raise RuntimeError(f"HF ViTMAE runs {hf.config._attn_implementation!r} attention, not {HF_ATTN!r}")
+    return hf
+
+
+def loss_of(model: torch.nn.Module, imgs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    if isinstance(model, ViTMAEForPreTraining):  # mask ratio comes from its config
+        return model(pixel_values=imgs, noise=noise).loss
+    return model(imgs, mask_ratio=MASK_RATIO, noise=noise).loss
+
+
+def param_counts(model: torch.nn.Module) -> dict:
+    """All parameters (fixed sin-cos position embeddings included) and the trainable ones."""
+    return dict(total=sum(p.numel() for p in model.parameters()),
+                trainable=sum(p.numel() for p in model.parameters() if p.requires_grad))
+
+
+def make_inputs(kwargs: dict, batch: int, n_steps: int, device: str, seed: int):
+    """Seeded images and one masking noise per step: identical for both models."""
+    g = torch.Generator().manual_seed(seed)
+    side, patch = kwargs["img_size"], kwargs["patch_size"]
+    imgs = torch.randn(batch, 3, side, side, generator=g).to(device)
+    noises = [torch.rand(batch, (side // patch) ** 2, generator=g).to(device) for _ in range(n_steps)]
+    return imgs, noises
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _max_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * _KIB / 2**20
+
+
+def measure(model: str, precision: str, config: str = "vit_base", batch: int = 8, img_size: int | None = None,
+            steps: int = 10, warmup: int = 2, device: str = "cpu", seed: int = 0) -> dict:
+    """Time `warmup + steps` full training steps of one model in this process; return one case record.
+
+    `mem_mb` is the number compared between models: CUDA peak allocated, or on CPU the growth of
+    the process's peak RSS since just before the model was built (only clean in a fresh process).
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    kwargs = model_kwargs(config, img_size)
+    imgs, noises = make_inputs(kwargs, batch, warmup + steps, device, seed)
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    rss_before = _max_rss_mb()
+
+    torch.manual_seed(seed)
+    net = build(model, kwargs).to(device).train()
+    opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], **OPTIMIZER)
+    step_s, losses = [], []
+    for i in range(warmup + steps):
+        _sync(device)
+        t0 = time.perf_counter()
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = loss_of(net, imgs, noises[i])
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        _sync(device)
+        if i >= warmup:
+            step_s.append(time.perf_counter() - t0)
+        losses.append(loss.item())  # after the clock stops; item() syncs CUDA anyway
+        if i == 0 and not math.isfinite(losses[0]):  # before any timed step (with warmup >= 1)
+            raise RuntimeError(f"{model} {precision}: first loss is {losses[0]}, not finite")
+
+    rss_peak = _max_rss_mb()
+    record = dict(model=model, precision=precision, device=device, batch=batch, steps=steps, warmup=warmup,
+                  step_s=step_s, loss_first=losses[0], loss_last=losses[-1], params=param_counts(net),
+                  rss_peak_mb=rss_peak, rss_delta_mb=rss_peak - rss_before)
+    if model == "hf":
+        record["hf_attn_implementation"] = net.config._attn_implementation
+    if device == "cuda":
+        record["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    record["mem_mb"] = record["cuda_peak_mb"] if device == "cuda" else record["rss_delta_mb"]
+    return record
+
+
+def run_case(model: str, precision: str, args: argparse.Namespace) -> dict:
+    """`measure` in a fresh interpreter (this module with --case), so memory peaks don't mix."""
+    cmd = [sys.executable, "-m", __spec__.name if __spec__ else "benchmarks.perf.pretrain_step",
+           "--case", f"{model}:{precision}", "--config", args.config, "--batch", str(args.batch),
+           "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads),
+           "--device", args.device, "--seed", str(args.seed)]
+    if args.img_size:
+        cmd += ["--img-size", str(args.img_size)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if done.returncode:
+        raise RuntimeError(f"case {model}:{precision} failed:\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@torch.no_grad()
+def preflight(kwargs: dict, batch: int, device: str, seed: int) -> dict:
+    """Before timing: parameter counts must match, and with our weights copied into HF the losses agree."""
+    torch.manual_seed(seed)
+    ours, hf = build("ours", kwargs).to(device), build("hf", kwargs).to(device)
+    counts = {"ours": param_counts(ours), "hf": param_counts(hf)}
+    if counts["ours"] != counts["hf"]:
+        raise RuntimeError(f"the two models differ in size, the comparison would be unfair: {counts}")
+    try:
+        from mae_core.hf import mae_to_hf_state_dict
+        hf.load_state_dict(mae_to_hf_state_dict(ours.state_dict()), strict=True)
+        weights = "ours copied into HF"
+    except ImportError:
+        weights = "independent random init (mae_core.hf not available)"
+    imgs, (noise,) = make_inputs(kwargs, batch, 1, device, seed)
+    loss_ours, loss_hf = loss_of(ours.eval(), imgs, noise).item(), loss_of(hf.eval(), imgs, noise).item()
+    if not (math.isfinite(loss_ours) and math.isfinite(loss_hf)):
+        raise RuntimeError(f"non-finite preflight loss: ours {loss_ours}, hf {loss_hf}")
+    return dict(params=counts, weights=weights, loss_ours=loss_ours, loss_hf=loss_hf,
+                loss_abs_diff=abs(loss_ours - loss_hf))
+
+
+def summarize(cases: list[dict]) -> tuple[list[dict], list[dict]]:
+    """Pool repeats per (model, precision): img/s median/min/max over all timed steps, worst memory;
+    then ours/HF per precision (speed > 1: ours faster; memory < 1: ours needs less)."""
+    rows = []
+    for model in MODELS:
+        for precision in PRECISIONS:
+            runs = [c for c in cases if (c["model"], c["precision"]) == (model, precision)]
+            if not runs:
+                continue
+            ips = [c["batch"] / s for c in runs for s in c["step_s"]]
+            worst = {k: max(c[k] for c in runs) for k in ("mem_mb", "rss_peak_mb", "rss_delta_mb")}
+            rows.append(dict(model=model, precision=precision, img_per_s_median=statistics.median(ips),
+                             img_per_s_min=min(ips), img_per_s_max=max(ips), n_steps=len(ips),
+                             repeats=len(runs), **worst, loss_last=runs[-1]["loss_last"]))
+    by = {(r["model"], r["precision"]): r for r in rows}
+    ratios = [dict(precision=p,
+                   speed_ours_over_hf=by["ours", p]["img_per_s_median"] / by["hf", p]["img_per_s_median"],
+                   memory_ours_over_hf=by["ours", p]["mem_mb"] / by["hf", p]["mem_mb"])
+              for p in PRECISIONS if ("ours", p) in by and ("hf", p) in by]
+    return rows, ratios
+
+
+def memory_measure(device: str) -> str:
+    if device == "cuda":
+        return "peak MB = torch.cuda.max_memory_allocated of the case (weights+grads+AdamW state+activations)"
+    return ("peak MB = growth of peak RSS (ru_maxrss) from just before model build to after the last step, "
+            "fresh process per case (weights+grads+AdamW state+activations); abs RSS MB = the process's peak")
+
+
+def environment(args: argparse.Namespace) -> dict:
+    cpu = platform.processor() or platform.machine()
+    return dict(torch=torch.__version__, transformers=transformers.__version__, timm=timm.__version__,
+                python=platform.python_version(), device=args.device, threads=args.threads,
+                device_name=torch.cuda.get_device_name() if args.device == "cuda" else cpu,
+                cpu_capability=torch.backends.cpu.get_cpu_capability(), hf_attn_implementation=HF_ATTN,
+                ours_attention="timm Block, " + ("fused F.scaled_dot_product_attention"
+                                                 if timm.layers.use_fused_attn() else "eager attention"))
+
+
+def print_table(report: dict) -> None:
+    env, cfg = report["env"], report["config"]
+    cpu = env["device"] == "cpu"
+    print(f"\nMAE pretraining step: {cfg['name']}, batch {cfg['batch']}, {cfg['img_size']}px, "
+          f"{env['device']} ({env['cpu_capability'] if cpu else env['device_name']}), "
+          f"{env['threads']} threads; "
+          f"HF attention {env['hf_attn_implementation']}, ours {env['ours_attention']}")
+    print(memory_measure(env["device"]))
+    print(f"{'case':<6}{'precision':<11}{'img/s median':>13}{'min':>9}{'max':>9}{'peak MB':>10}"
+          + (f"{'abs RSS MB':>12}" if cpu else ""))
+    for r in report["results"]:
+        print(f"{r['model']:<6}{r['precision']:<11}{r['img_per_s_median']:>13.2f}{r['img_per_s_min']:>9.2f}"
+              f"{r['img_per_s_max']:>9.2f}{r['mem_mb']:>10.0f}"
+              + (f"{r['rss_peak_mb']:>12.0f}" if cpu else ""))
+    for q in report["ratios"]:
+        print(f"ours/HF {q['precision']}: speed {q['speed_ours_over_hf']:.3f}x, "
+              f"memory {q['memory_ours_over_hf']:.3f}x")
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", choices=sorted(CONFIGS), default="vit_base")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--img-size", type=int, default=None, help="default: the config's (224 vit_base, 32 tiny)")
+    p.add_argument("--steps", type=int, default=10, help="timed steps per case and round")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first; the first loss is checked")
+    p.add_argument("--precision", nargs="+", choices=PRECISIONS, default=list(PRECISIONS))
+    p.add_argument("--repeats", type=int, default=2, help="rounds over all cases, order alternating")
+    p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    p.add_argument("--device", choices=("cpu", "cuda"),
+                   default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="default: cuda if available")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", metavar="OUT", help="also write the report here")
+    p.add_argument("--case", help=argparse.SUPPRESS)  # internal: MODEL:PRECISION, one case, JSON on stdout
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    if args.case:
+        model, precision = args.case.split(":")
+        print(json.dumps(measure(model, precision, args.config, args.batch, args.img_size, args.steps,
+                                 args.warmup, args.device, args.seed)))
+        return None
+
+    kwargs = model_kwargs(args.config, args.img_size)
+    sanity = preflight(kwargs, args.batch, args.device, args.seed)
+    gc.collect()
+    print(f"params ours {sanity['params']['ours']}, hf {sanity['params']['hf']}; preflight loss "
+          f"ours {sanity['loss_ours']:.6f}, hf {sanity['loss_hf']:.6f} (weights: {sanity['weights']})")
+    order = [(m, prec) for prec in args.precision for m in MODELS]
+    cases = []
+    for r in range(args.repeats):
+        for model, precision in order if r % 2 == 0 else order[::-1]:
+            print(f"round {r + 1}/{args.repeats}: {model} {precision}", flush=True)
+            cases.append(run_case(model, precision, args))
+    rows, ratios = summarize(cases)
+    config = dict(name=args.config, model_kwargs=kwargs, img_size=kwargs["img_size"], batch=args.batch,
+                  steps=args.steps, warmup=args.warmup, repeats=args.repeats, precisions=args.precision,
+                  mask_ratio=MASK_RATIO, optimizer=dict(name="AdamW", **OPTIMIZER), seed=args.seed)
+    report = dict(benchmark="pretrain_step", env=environment(args), config=config,
+                  memory_measure=memory_measure(args.device), sanity=sanity, results=rows, ratios=ratios,
+                  cases=cases)
+    print_table(report)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+    return report
+
+
+if __name__ == "__main__":
+    main()
