@@ -64,8 +64,13 @@ def load_file(path: str | Path) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        refused = [line.strip() for line in str(e).splitlines() if "Unsupported global" in line]
+        if not refused:  # not a pickle at all
+            raise CheckpointFormatError(
+                f"cannot read {path} as a torch checkpoint (it is not a torch.save file, or it is corrupt). "
+                "Known formats: " + "; ".join(KNOWN_FORMATS)) from e
         raise CheckpointFormatError(
-            f"{path} needs more than tensors to load ({str(e).splitlines()[0]}). We only load checkpoints with "
+            f"{path} needs more than tensors to load ({refused[0]}). We only load checkpoints with "
             "torch.load(weights_only=True), so arbitrary pickled objects are refused rather than executed. "
             "Re-save it as a plain state dict: torch.save({'model': model.state_dict()}, path).") from e
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
