@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -175,3 +174,11 @@ def test_two_gloo_processes_match_one_process_at_the_same_global_batch(tiny_imag
     assert load_file(tmp_path / "two" / FINAL)["meta"]["run"]["world_size"] == 2
     initial = create_mae("mae_vit_tiny_patch16", img_size=TINY_IMG, **TINY_MODEL["model_kwargs"]).state_dict()
     assert not torch.allclose(a["blocks.0.attn.qkv.weight"], initial["blocks.0.attn.qkv.weight"])  # it trained
+
+
+def test_bf16_autocast_runs_on_cpu_and_fp16_is_refused_without_cuda(tiny_imagenet, tmp_path):
+    final = pretrain(tiny_config(tiny_imagenet, tmp_path / "bf16", epochs=1, precision="bf16"))
+    assert all(torch.isfinite(t).all() for t in weights(final).values())
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="fp16 .* needs CUDA"):
+            pretrain(tiny_config(tiny_imagenet, tmp_path / "fp16", epochs=1, precision="fp16"))
