@@ -73,7 +73,8 @@ def load_file(path: str | Path) -> dict:
             f"{path} needs more than tensors to load ({refused[0]}). We only load checkpoints with "
             "torch.load(weights_only=True), so arbitrary pickled objects are refused rather than executed. "
             "Re-save it as a plain state dict: torch.save({'model': model.state_dict()}, path).") from e
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, IndexError, KeyError, TypeError) as e:
+        # torch's safe unpickler fails in many ways on bytes that are not a checkpoint
         raise CheckpointFormatError(
             f"cannot read {path} as a torch checkpoint ({type(e).__name__}: {str(e).splitlines()[0]}); "
             "the file may be truncated or not a checkpoint. Known formats: " + "; ".join(KNOWN_FORMATS)) from e
@@ -86,11 +87,11 @@ def load_file(path: str | Path) -> dict:
 def mae_state_dict(obj: dict, source: str = "checkpoint") -> dict[str, torch.Tensor]:
     """The MAE state dict inside a loaded file (ours or the official `{'model': ...}`, or a bare dict)."""
     sd = obj.get("model", obj)
-    if not isinstance(sd, dict) or "patch_embed.proj.weight" not in sd:
+    if not isinstance(sd, dict) or not {"patch_embed.proj.weight", "blocks.0.mlp.fc1.weight"} <= set(sd):
         keys = list(sd)[:8] if isinstance(sd, dict) else []
         raise CheckpointFormatError(
-            f"{source} is not an MAE/ViT checkpoint in the official layout (no 'patch_embed.proj.weight'; "
-            f"first keys: {keys}). Known formats: " + "; ".join(KNOWN_FORMATS))
+            f"{source} is not an MAE/ViT checkpoint in the official layout (no 'patch_embed.proj.weight' or "
+            f"'blocks.0.*'; first keys: {keys}). Known formats: " + "; ".join(KNOWN_FORMATS))
     return sd
 
 
