@@ -6,10 +6,11 @@ not match for speed, but a preflight loads our weights into HF (when `mae_core.h
 compares the losses, so we know the two really compute the same network.
 
 Each (model, precision) case runs in a fresh subprocess, so its peak memory is its own: on CUDA
-`torch.cuda.max_memory_allocated`; on CPU the growth of the peak RSS (`ru_maxrss`) from just
-before the model is built (all imports done, inputs made) to after the last step, i.e. weights +
-gradients + AdamW state + the step's activations. Cases run in alternating order over
-`--repeats` rounds so background load drifts hit both models alike.
+`torch.cuda.max_memory_allocated`; on CPU the peak RSS during the case minus the RSS just before
+the model is built (all imports done, inputs made), i.e. weights + gradients + AdamW state + the
+step's activations. On Linux the kernel's peak mark is reset first (/proc/self/clear_refs), so
+an earlier transient peak (imports) cannot hide the case's own; elsewhere `ru_maxrss` is used.
+Cases run in alternating order over `--repeats` rounds so background load hits both models alike.
 
     python -m benchmarks.perf.pretrain_step --config vit_base --batch 8 --steps 10 --json out.json
 """
@@ -111,7 +112,24 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _max_rss_mb() -> float:
+def _proc_status_mb(field: str) -> float:
+    line = next(ln for ln in open("/proc/self/status") if ln.startswith(field + ":"))
+    return int(line.split()[1]) / 1024  # kB
+
+
+def start_rss_peak() -> tuple[float, str]:
+    """Reset the kernel's peak-RSS mark to the current RSS; (RSS now in MB, how peaks will be read)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # Linux >= 4.0: VmHWM := VmRSS
+        return _proc_status_mb("VmRSS"), "VmHWM"
+    except OSError:  # not Linux: a high-water mark that cannot be reset, so the baseline is the peak so far
+        return peak_rss_mb("ru_maxrss"), "ru_maxrss"
+
+
+def peak_rss_mb(method: str) -> float:
+    if method == "VmHWM":
+        return _proc_status_mb("VmHWM")
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * _KIB / 2**20
 
 
@@ -119,8 +137,9 @@ def measure(model: str, precision: str, config: str = "vit_base", batch: int = 8
             steps: int = 10, warmup: int = 2, device: str = "cpu", seed: int = 0) -> dict:
     """Time `warmup + steps` full training steps of one model in this process; return one case record.
 
-    `mem_mb` is the number compared between models: CUDA peak allocated, or on CPU the growth of
-    the process's peak RSS since just before the model was built (only clean in a fresh process).
+    `mem_mb` is the number compared between models: CUDA peak allocated, or on CPU the peak RSS
+    minus the RSS just before the model was built (clean only in a fresh process: memory freed by
+    an earlier case may be reused by the allocator without growing RSS).
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -130,7 +149,7 @@ def measure(model: str, precision: str, config: str = "vit_base", batch: int = 8
     if device == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    rss_before = _max_rss_mb()
+    rss_before, rss_method = start_rss_peak()
 
     torch.manual_seed(seed)
     net = build(model, kwargs).to(device).train()
@@ -151,10 +170,10 @@ def measure(model: str, precision: str, config: str = "vit_base", batch: int = 8
         if i == 0 and not math.isfinite(losses[0]):  # before any timed step (with warmup >= 1)
             raise RuntimeError(f"{model} {precision}: first loss is {losses[0]}, not finite")
 
-    rss_peak = _max_rss_mb()
+    rss_peak = peak_rss_mb(rss_method)
     record = dict(model=model, precision=precision, device=device, batch=batch, steps=steps, warmup=warmup,
                   step_s=step_s, loss_first=losses[0], loss_last=losses[-1], params=param_counts(net),
-                  rss_peak_mb=rss_peak, rss_delta_mb=rss_peak - rss_before)
+                  rss_peak_mb=rss_peak, rss_delta_mb=rss_peak - rss_before, rss_method=rss_method)
     if model == "hf":
         record["hf_attn_implementation"] = net.config._attn_implementation
     if device == "cuda":
@@ -165,7 +184,7 @@ def measure(model: str, precision: str, config: str = "vit_base", batch: int = 8
 
 def run_case(model: str, precision: str, args: argparse.Namespace) -> dict:
     """`measure` in a fresh interpreter (this module with --case), so memory peaks don't mix."""
-    cmd = [sys.executable, "-m", __spec__.name if __spec__ else "benchmarks.perf.pretrain_step",
+    cmd = [sys.executable, "-m", "benchmarks.perf.pretrain_step",
            "--case", f"{model}:{precision}", "--config", args.config, "--batch", str(args.batch),
            "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads),
            "--device", args.device, "--seed", str(args.seed)]
@@ -217,7 +236,8 @@ def summarize(cases: list[dict]) -> tuple[list[dict], list[dict]]:
     by = {(r["model"], r["precision"]): r for r in rows}
     ratios = [dict(precision=p,
                    speed_ours_over_hf=by["ours", p]["img_per_s_median"] / by["hf", p]["img_per_s_median"],
-                   memory_ours_over_hf=by["ours", p]["mem_mb"] / by["hf", p]["mem_mb"])
+                   memory_ours_over_hf=by["ours", p]["mem_mb"] / by["hf", p]["mem_mb"]
+                   if by["hf", p]["mem_mb"] > 0 else None)  # a tiny model may not grow RSS at all
               for p in PRECISIONS if ("ours", p) in by and ("hf", p) in by]
     return rows, ratios
 
@@ -225,8 +245,14 @@ def summarize(cases: list[dict]) -> tuple[list[dict], list[dict]]:
 def memory_measure(device: str) -> str:
     if device == "cuda":
         return "peak MB = torch.cuda.max_memory_allocated of the case (weights+grads+AdamW state+activations)"
-    return ("peak MB = growth of peak RSS (ru_maxrss) from just before model build to after the last step, "
-            "fresh process per case (weights+grads+AdamW state+activations); abs RSS MB = the process's peak")
+    return ("peak MB = peak RSS of the case minus RSS just before model build (VmHWM reset via clear_refs, "
+            "else ru_maxrss), fresh process per case: weights+grads+AdamW state+activations; "
+            "abs RSS MB = the process's peak")
+
+
+def cpu_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: without either, CPU bf16 matmuls are emulated and far slower than fp32."""
+    return any(getattr(torch.cpu, f"_is_{isa}_supported", lambda: False)() for isa in ("avx512_bf16", "amx_tile"))
 
 
 def environment(args: argparse.Namespace) -> dict:
@@ -234,7 +260,8 @@ def environment(args: argparse.Namespace) -> dict:
     return dict(torch=torch.__version__, transformers=transformers.__version__, timm=timm.__version__,
                 python=platform.python_version(), device=args.device, threads=args.threads,
                 device_name=torch.cuda.get_device_name() if args.device == "cuda" else cpu,
-                cpu_capability=torch.backends.cpu.get_cpu_capability(), hf_attn_implementation=HF_ATTN,
+                cpu_capability=torch.backends.cpu.get_cpu_capability(), cpu_native_bf16=cpu_native_bf16(),
+                hf_attn_implementation=HF_ATTN,
                 ours_attention="timm Block, " + ("fused F.scaled_dot_product_attention"
                                                  if timm.layers.use_fused_attn() else "eager attention"))
 
@@ -253,9 +280,12 @@ def print_table(report: dict) -> None:
         print(f"{r['model']:<6}{r['precision']:<11}{r['img_per_s_median']:>13.2f}{r['img_per_s_min']:>9.2f}"
               f"{r['img_per_s_max']:>9.2f}{r['mem_mb']:>10.0f}"
               + (f"{r['rss_peak_mb']:>12.0f}" if cpu else ""))
+    if cpu and "bf16" in cfg["precisions"] and not env["cpu_native_bf16"]:
+        print("note: this CPU has no native bf16 (AVX512-BF16/AMX); bf16 here measures emulation, slow for both")
     for q in report["ratios"]:
+        mem = q["memory_ours_over_hf"]
         print(f"ours/HF {q['precision']}: speed {q['speed_ours_over_hf']:.3f}x, "
-              f"memory {q['memory_ours_over_hf']:.3f}x")
+              f"memory {'n/a' if mem is None else f'{mem:.3f}x'}")
 
 
 def main(argv: list[str] | None = None) -> dict | None:
