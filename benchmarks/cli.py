@@ -70,6 +70,59 @@ def _cmd_demo(args) -> None:
     run_demo(Path(args.out), epochs=args.epochs, seed=args.seed, num_train=args.num_train)
 
 
+def _cmd_inspect(args) -> None:
+    from mae_core.checkpoints import FORMATS, sha256_file
+    from mae_core.formats import sniff
+
+    info = sniff(args.path)
+    a = info.arch
+    summary = {"path": str(args.path), "format": info.format, "format_description": FORMATS[info.format],
+               "arch": info.describe(), "architecture": a, "tensors": len(info.state_dict),
+               "parameters": sum(t.numel() for t in info.state_dict.values()),
+               "sha256": {str(f): sha256_file(f) for f in info.files}, "notes": info.notes}
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+        return
+    heads = f"{a['num_heads']} heads" + (" (guessed)" if a["heads_guessed"] else "")
+    decoder = (f"; decoder width {a['decoder_embed_dim']}, depth {a['decoder_depth']}, "
+               f"{a['decoder_num_heads']} heads" if a["has_decoder"] else "")
+    lines = [f"format:     {info.format}: {FORMATS[info.format]}",
+             f"arch:       {info.describe()}",
+             f"            width {a['embed_dim']}, depth {a['depth']}, {heads}, mlp ratio {a['mlp_ratio']:g}, "
+             f"grid {a['grid']}x{a['grid']}, {a['in_chans']} channels, layer-norm eps {a['layer_norm_eps']:g}{decoder}",
+             f"tensors:    {summary['tensors']} ({summary['parameters']:,} parameters)"]
+    lines += [f"sha256:     {digest}  {Path(f).name}" for f, digest in summary["sha256"].items()]
+    lines += [f"note:       {note}" for note in info.notes]
+    print("\n".join(lines))
+
+
+def _cmd_convert(args) -> None:
+    from mae_core.checkpoints import export_hf, export_timm, save_ours
+    from mae_core.formats import apply_preset, sniff
+
+    info = sniff(args.src)
+    if args.arch:
+        try:
+            info = apply_preset(info, args.arch)
+        except ValueError as e:  # an unknown preset name: a usage error, not a traceback
+            print(f"maet convert: error: {e}", file=sys.stderr)
+            raise SystemExit(2) from e
+    for note in info.notes:
+        print(f"note: {note}")
+    if args.to == "ours":
+        out = save_ours(info, args.out)
+    elif args.to == "hf":
+        out = export_hf(info, args.out, kind=None if args.hf_kind == "auto" else args.hf_kind)
+    else:
+        out = export_timm(info, args.out)
+    print(f"{info.format} ({info.describe()}) -> {args.to}: {out}")
+    if args.to == "timm":
+        args = ", ".join(f"{k}={v!r}" for k, v in info.timm_kwargs().items() if k != "norm_layer")
+        if "norm_layer" in info.timm_kwargs():
+            args += f", norm_layer=partial(nn.LayerNorm, eps={info.arch['layer_norm_eps']:g})"
+        print(f"load with timm.models.vision_transformer.VisionTransformer({args})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from mae_core.train.pretrain import PretrainConfig
 
@@ -104,6 +157,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-train", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("inspect", help="name a checkpoint's format and architecture (file or HF/timm folder)")
+    p.add_argument("path")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=_cmd_inspect)
+
+    p = sub.add_parser("convert", help="convert a checkpoint of any known format to ours, Hugging Face or timm")
+    p.add_argument("src", help="checkpoint file or HF/timm folder")
+    p.add_argument("--to", required=True, choices=["ours", "hf", "timm"])
+    p.add_argument("--out", required=True, help="file (ours, timm: .safetensors or .pth) or folder (hf)")
+    p.add_argument("--arch", help="preset the checkpoint must match (e.g. mae_vit_base_patch16, vit_large); "
+                                  "its heads replace guessed ones")
+    p.add_argument("--hf-kind", default="auto", choices=["auto", "pretraining", "model", "classification"])
+    p.set_defaults(func=_cmd_convert)
     return parser
 
 

@@ -136,8 +136,19 @@ def mae_to_hf_state_dict(sd: dict[str, torch.Tensor], target: str = "pretraining
     return out
 
 
+# transformers 5.x writes legacy names on save by reversing its load-time renames; its reversed
+# `encoder.layer.` -> `layers.` also hits the decoder stack, so its files name it `decoder_encoder.layer`.
+_READ_ALIASES = ((re.compile(r"^decoder\.decoder_encoder\.layer\."), "decoder.decoder_layers."),)
+
+
 def hf_to_mae_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """HF ViTMAE keys (ForPreTraining with `vit.`, or ViTMAEModel without; either layout) -> official keys."""
+    """HF ViTMAE keys (ForPreTraining with `vit.`, or ViTMAEModel without; either layout) -> official keys.
+
+    HF ViT (`ViTModel`, the `vit.` part of `ViTForImageClassification`) uses the same names, so its
+    encoder converts too; strip `classifier.*` / `pooler.*` first.
+    """
+    for pattern, alias in _READ_ALIASES:
+        sd = {pattern.sub(alias, k): v for k, v in sd.items()}
     vit = "vit." if any(k.startswith("vit.") for k in sd) else ""
     rules = [(_pattern(hf, vit), ours, part)
              for layout in LAYOUTS for ours, hf, part in _rename_table(layout)]
@@ -224,3 +235,16 @@ def mae_kwargs_from_hf_config(config) -> dict:
         decoder_embed_dim=c.decoder_hidden_size, decoder_depth=c.decoder_num_hidden_layers,
         decoder_num_heads=c.decoder_num_attention_heads, mlp_ratio=c.intermediate_size / c.hidden_size,
         norm_pix_loss=c.norm_pix_loss, norm_layer=partial(nn.LayerNorm, eps=c.layer_norm_eps))
+
+
+def hf_vit_config(arch: dict):
+    """A `transformers.ViTConfig` for `ViTForImageClassification` from a `formats.CheckpointInfo.arch`."""
+    from transformers import ViTConfig
+
+    return ViTConfig(
+        hidden_size=arch["embed_dim"], num_hidden_layers=arch["depth"], num_attention_heads=arch["num_heads"],
+        intermediate_size=round(arch["embed_dim"] * arch["mlp_ratio"]), image_size=arch["img_size"],
+        patch_size=arch["patch_size"], num_channels=arch["in_chans"], qkv_bias=arch["qkv_bias"],
+        layer_norm_eps=arch["layer_norm_eps"], hidden_act="gelu", hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0, num_labels=arch["num_classes"],
+        architectures=["ViTForImageClassification"])
