@@ -126,12 +126,15 @@ def _cmd_convert(args) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from mae_core.train.pretrain import PretrainConfig
 
+    from .cli_classification import add_classification_commands
+
     parser = argparse.ArgumentParser(prog="maet", description="Masked Autoencoders and their transfer benchmarks")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("pretrain", help="MAE pretraining on an ImageNet-layout folder (torchrun for DDP)")
     add_dataclass_args(p, PretrainConfig)
     p.set_defaults(func=_cmd_pretrain)
+    add_classification_commands(sub)
 
     p = sub.add_parser("make-data", help="write generated data sets in the real on-disk layouts")
     p.add_argument("kind", choices=["synthetic"])

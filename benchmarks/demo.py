@@ -20,7 +20,7 @@ from .plots import plot_loss_curve
 DEMO_IMG_SIZE = 64
 # ViT-Tiny width, 6 blocks, 8-px patches (64 patches per 64-px image); the official decoder shape, narrower.
 DEMO_MODEL = dict(model="mae_vit_tiny_patch16", model_kwargs={"patch_size": 8, "depth": 6})
-DEMO_EPOCHS = 30
+DEMO_EPOCHS = 16
 DEMO_NUM_TRAIN = 2000
 
 
@@ -32,7 +32,7 @@ def run_demo(out: Path, epochs: int | None = None, seed: int = 0, num_train: int
         write_synthetic(data, seed=seed, num_train=num_train or DEMO_NUM_TRAIN, num_val=64, img_size=DEMO_IMG_SIZE)
     cfg = PretrainConfig(
         data_path=str(data / "imagenet"), output_dir=str(out / "pretrain"), img_size=DEMO_IMG_SIZE,
-        epochs=epochs or DEMO_EPOCHS, warmup_epochs=2, batch_size=64, blr=1.5e-4 * 10, seed=seed, num_workers=1,
+        epochs=epochs or DEMO_EPOCHS, warmup_epochs=2, batch_size=64, blr=3e-3, seed=seed, num_workers=1,
         save_every=1, keep_every=0, log_every=5, **DEMO_MODEL)
     print(f"[2/3] pretraining a tiny MAE on CPU ({cfg.epochs} epochs)")
     final = pretrain(cfg)

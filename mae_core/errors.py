@@ -31,3 +31,7 @@ class CorruptImageError(MAETransferError):
 
 class NonFiniteLossError(MAETransferError):
     """Training produced a NaN/Inf loss; the last good checkpoint is kept."""
+
+
+class ClassCountMismatchError(MAETransferError):
+    """A classifier whose head has another number of classes than the dataset folder it meets."""

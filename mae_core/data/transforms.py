@@ -36,8 +36,11 @@ def build_pretrain_transform(img_size: int) -> transforms.Compose:
 
 
 def build_eval_transform(img_size: int) -> transforms.Compose:
-    """The eval transform of the official fine-tuning / linear-probe code (resize 256, crop 224)."""
-    resize = int(img_size / EVAL_CROP_PCT)
+    """The eval transform of the official fine-tuning / linear-probe code (resize 256, crop 224).
+
+    As there, images above 224 px (e.g. ViT-H@448) are resized to the crop size (crop_pct 1.0).
+    """
+    resize = int(img_size / EVAL_CROP_PCT) if img_size <= 224 else img_size
     return transforms.Compose(
         [
             transforms.Resize(resize, interpolation=InterpolationMode.BICUBIC),  # shorter side

@@ -57,12 +57,17 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
-def all_reduce_mean(value: float, info: DistInfo) -> float:
-    if not info.enabled:
-        return value
-    t = torch.tensor([value], dtype=torch.float64)
+def all_reduce_sum(values: list[float], info: DistInfo | None) -> list[float]:
+    """Sum over processes, on the process's own device (NCCL cannot reduce CPU tensors)."""
+    if info is None or not info.enabled:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=info.device)
     dist.all_reduce(t)
-    return (t / info.world_size).item()
+    return t.tolist()
+
+
+def all_reduce_mean(value: float, info: DistInfo) -> float:
+    return all_reduce_sum([value], info)[0] / info.world_size
 
 
 def cleanup(info: DistInfo) -> None:

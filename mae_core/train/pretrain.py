@@ -26,17 +26,18 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from ..checkpoints import load_file, save_mae_checkpoint
+from ..checkpoints import save_mae_checkpoint
 from ..data import ImageFolderDataset, build_pretrain_transform
-from ..errors import CheckpointFormatError, NonFiniteLossError
+from ..errors import NonFiniteLossError
 from ..mae import MAE_PRESETS, MaskedAutoencoder
 from ..provenance import git_commit, now_iso, versions
 from .distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed
 from .metrics import MetricsLog
 from .optim import lr_at, param_groups_weight_decay, scaled_lr, set_lr
+from .precision import autocast, grad_scaler, resolve_precision
 from .seeded import SeededMaskingDataset
+from .state import LAST, find_resume, restore_training_state, save_training_state
 
-LAST = "checkpoint-last.pth"
 FINAL = "mae_pretrain.pth"
 
 
@@ -72,22 +73,6 @@ class PretrainConfig:
         return dataclasses.asdict(self)
 
 
-def _resolve_precision(precision: str, device: torch.device) -> str:
-    if precision == "auto":
-        return "fp16" if device.type == "cuda" else "fp32"
-    if precision == "fp16" and device.type != "cuda":
-        raise ValueError("fp16 autocast with a grad scaler needs CUDA; on CPU use --precision bf16 or fp32")
-    if precision not in ("fp32", "fp16", "bf16"):
-        raise ValueError(f"--precision must be one of auto, fp32, fp16, bf16; got {precision!r}")
-    return precision
-
-
-def _autocast(device: torch.device, precision: str):
-    if precision == "fp32":
-        return nullcontext()
-    return torch.autocast(device.type, dtype=torch.float16 if precision == "fp16" else torch.bfloat16)
-
-
 def _model_kwargs(cfg: PretrainConfig) -> dict:
     if cfg.model not in MAE_PRESETS:
         raise ValueError(f"unknown model {cfg.model!r}; presets: {', '.join(MAE_PRESETS)}")
@@ -99,33 +84,6 @@ def _meta(cfg: PretrainConfig, kwargs: dict, epoch: int, run: dict) -> dict:
     return {"format": "mae-transfer/1", "arch": cfg.model, "model_kwargs": kwargs, "img_size": kwargs["img_size"],
             "patch_size": kwargs["patch_size"], "norm_pix_loss": kwargs["norm_pix_loss"], "epoch": epoch,
             "run": run}
-
-
-def _find_resume(cfg: PretrainConfig) -> Path | None:
-    if cfg.resume:
-        return Path(cfg.resume)
-    last = Path(cfg.output_dir) / LAST
-    return last if last.exists() else None
-
-
-def _restore(path: Path, model, optimizer, scaler, kwargs: dict) -> tuple[int, dict]:
-    state = load_file(path)
-    if not {"model", "optimizer", "epoch", "meta"} <= set(state):
-        raise CheckpointFormatError(f"{path} is not a resumable pretraining checkpoint (it lacks optimizer/epoch); "
-                                    "to start from its weights instead, use it as an init, not --resume")
-    saved_kwargs = state["meta"].get("model_kwargs", {})
-    if saved_kwargs != kwargs:
-        diff = {k: (saved_kwargs.get(k), kwargs.get(k)) for k in set(saved_kwargs) | set(kwargs)
-                if saved_kwargs.get(k) != kwargs.get(k)}
-        raise CheckpointFormatError(f"cannot resume from {path}: it was trained with another model "
-                                    f"configuration (checkpoint vs now: {diff}); use a new --output-dir")
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    if "scaler" in state:
-        scaler.load_state_dict(state["scaler"])
-    if "rng" in state:
-        torch.set_rng_state(state["rng"]["torch"])
-    return int(state["epoch"]) + 1, state["meta"].get("run", {})
 
 
 def train_one_epoch(model, loader, optimizer, scaler, epoch: int, cfg: PretrainConfig, info: DistInfo,
@@ -141,7 +99,7 @@ def train_one_epoch(model, loader, optimizer, scaler, epoch: int, cfg: PretrainC
             set_lr(optimizer, lr)
         imgs = imgs.to(info.device, non_blocking=True)
         noise = noise.to(info.device, non_blocking=True)
-        with _autocast(info.device, precision):
+        with autocast(info.device, precision):
             loss = model(imgs, mask_ratio=cfg.mask_ratio, noise=noise).loss
         loss_value = all_reduce_mean(loss.item(), info)  # same value on every rank: all stop together
         if not math.isfinite(loss_value):
@@ -177,7 +135,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
 
 def _pretrain(cfg: PretrainConfig, info: DistInfo) -> Path:
     out = Path(cfg.output_dir)
-    precision = _resolve_precision(cfg.precision, info.device)
+    precision = resolve_precision(cfg.precision, info.device)
     kwargs = _model_kwargs(cfg)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = MaskedAutoencoder(**kwargs).to(info.device)
@@ -196,15 +154,15 @@ def _pretrain(cfg: PretrainConfig, info: DistInfo) -> Path:
     effective_batch = cfg.batch_size * cfg.accum_iter * info.world_size
     peak_lr = cfg.lr if cfg.lr is not None else scaled_lr(cfg.blr, effective_batch)
     optimizer = torch.optim.AdamW(param_groups_weight_decay(model, cfg.weight_decay), lr=peak_lr, betas=(0.9, 0.95))
-    scaler = torch.amp.GradScaler(info.device.type, enabled=precision == "fp16")
+    scaler = grad_scaler(info.device, precision)
 
     run = {"run_id": uuid.uuid4().hex[:12], "git_commit": git_commit(), "started_at": now_iso(),
            "seed": cfg.seed, "config": cfg.to_dict(), "versions": versions(), "device": str(info.device),
            "world_size": info.world_size, "effective_batch": effective_batch, "lr": peak_lr}
-    start_epoch, resume_path = 0, _find_resume(cfg)
+    start_epoch, resume_path = 0, find_resume(cfg.resume, out)
     if resume_path is not None:
-        start_epoch, saved_run = _restore(resume_path, model, optimizer, scaler, kwargs)
-        run = {**saved_run, "resumed_at": now_iso(), "resumed_from_epoch": start_epoch}
+        start_epoch, saved = restore_training_state(resume_path, model, optimizer, scaler, kwargs)
+        run = {**saved["meta"].get("run", {}), "resumed_at": now_iso(), "resumed_from_epoch": start_epoch}
     ddp_model = DistributedDataParallel(model) if info.enabled else model
 
     log = MetricsLog(out / "log.jsonl", enabled=info.is_main)
@@ -227,9 +185,7 @@ def _pretrain(cfg: PretrainConfig, info: DistInfo) -> Path:
             print(f"epoch {epoch + 1}/{cfg.epochs}: loss {stats['loss']:.4f}, {stats['img_per_s']:.1f} img/s")
             meta = _meta(cfg, kwargs, epoch, run)
             if (epoch + 1) % cfg.save_every == 0 or epoch + 1 == cfg.epochs:
-                last_good = save_mae_checkpoint(
-                    out / LAST, model, meta, optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
-                    epoch=epoch, rng={"torch": torch.get_rng_state()})
+                last_good = save_training_state(out / LAST, model, meta, optimizer, scaler, epoch)
             if cfg.keep_every and (epoch + 1) % cfg.keep_every == 0:
                 save_mae_checkpoint(out / f"checkpoint-{epoch + 1}.pth", model, meta)
         barrier(info)

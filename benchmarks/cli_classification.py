@@ -1,0 +1,140 @@
+"""`maet finetune`, `maet linprobe`, `maet eval`: the classification commands; each writes a run record.
+
+`add_classification_commands(subparsers)` registers them on the `maet` parser. Until that is wired
+in they also run standalone: `python -m benchmarks.cli_classification finetune --data-path ...`.
+Under torchrun only rank 0 writes the record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from mae_core.errors import MAETransferError
+
+from .records import ENV_DIR, append_record, make_record
+
+
+def _record_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("run record")
+    g.add_argument("--record", action=argparse.BooleanOptionalAction, default=True,
+                   help="append a run record (default: yes)")
+    g.add_argument("--results-dir", default=None, help=f"records folder (default: ${ENV_DIR}, else results/runs)")
+    g.add_argument("--dataset-name", default=None, help="dataset label in the record (default: the data folder's name)")
+    g.add_argument("--init-name", default=None,
+                   help="init label in the record: mae | supervised | scratch | a name "
+                        "(default: 'scratch', else the checkpoint's file name)")
+
+
+def _dataset_name(args, data_path: str) -> str:
+    return args.dataset_name or Path(data_path).resolve().name
+
+
+def _init_name(args, init: str) -> str:
+    return args.init_name or ("scratch" if init == "scratch" else Path(init).name)
+
+
+def _write(args, record: dict) -> dict:
+    path = append_record(record, args.results_dir)
+    print(f"run record {record['run_id']} -> {path}")
+    return record
+
+
+def _train_handler(task: str):
+    def handler(args) -> dict | None:
+        from benchmarks.cli import dataclass_from_args
+        from mae_core.checkpoints import sha256_file
+
+        if task == "finetune":
+            from mae_core.train.finetune import FinetuneConfig as Config
+            from mae_core.train.finetune import finetune as engine
+        else:
+            from mae_core.train.linprobe import LinprobeConfig as Config
+            from mae_core.train.linprobe import linprobe as engine
+        cfg = dataclass_from_args(Config, args)
+        result = engine(cfg)
+        if not (args.record and result.is_main):
+            return None
+        run = result.run
+        return _write(args, make_record(
+            task=task, dataset=_dataset_name(args, cfg.data_path), init=_init_name(args, cfg.init), arch=result.arch,
+            metrics={k: v for k, v in result.metrics.items() if v is not None}, config=cfg.to_dict(),
+            checkpoint_sha256=run.get("init_sha256"), seed=cfg.seed, device=run.get("device"),
+            started_at=run.get("started_at"), duration_s=round(result.duration_s, 3), run_id=run.get("run_id"),
+            git_commit=run.get("git_commit"), versions=run.get("versions"), world_size=run.get("world_size"),
+            precision=run.get("precision"),
+            output={"checkpoint": str(result.checkpoint), "sha256": sha256_file(result.checkpoint)}))
+    return handler
+
+
+def _eval_handler(args) -> dict | None:
+    from benchmarks.cli import dataclass_from_args
+    from mae_core.provenance import now_iso
+    from mae_core.train.classification import checkpoint_sha256
+    from mae_core.train.evaluate import EvalConfig, evaluate_checkpoint
+
+    cfg = dataclass_from_args(EvalConfig, args)
+    started, t0 = now_iso(), time.perf_counter()
+    res = evaluate_checkpoint(cfg)
+    if not res["is_main"]:
+        return None
+    print(f"{cfg.checkpoint}: top-1 {res['top1']:.3f}  top-5 {res['top5']:.3f}  loss {res['loss']:.4f}  "
+          f"({res['num_images']} images, {res['img_per_s']:.1f} img/s, {res['precision']} on {res['device']})")
+    if not args.record:
+        return None
+    metrics = {k: res[k] for k in ("top1", "top5", "loss", "num_images", "img_per_s")}
+    return _write(args, make_record(
+        task=args.task or ("linprobe" if res["linear_probe"] else "finetune"),
+        dataset=_dataset_name(args, cfg.data_path), init=_init_name(args, cfg.checkpoint), arch=res["arch"],
+        metrics=metrics, config=cfg.to_dict(), checkpoint_sha256=checkpoint_sha256(cfg.checkpoint), seed=None,
+        device=res["device"], started_at=started, duration_s=round(time.perf_counter() - t0, 3), mode="eval",
+        world_size=res["world_size"], precision=res["precision"], checkpoint_format=res["format"]))
+
+
+def add_classification_commands(subparsers) -> None:
+    """Register `finetune`, `linprobe` and `eval` on an argparse subparsers object."""
+    from benchmarks.cli import add_dataclass_args
+    from mae_core.train.evaluate import EvalConfig
+    from mae_core.train.finetune import FinetuneConfig
+    from mae_core.train.linprobe import LinprobeConfig
+
+    p = subparsers.add_parser("finetune", help="fine-tune a ViT classifier from a checkpoint or from scratch "
+                                               "(official MAE recipe; torchrun for DDP)")
+    add_dataclass_args(p, FinetuneConfig)
+    _record_args(p)
+    p.set_defaults(func=_train_handler("finetune"))
+
+    p = subparsers.add_parser("linprobe", help="linear probe on a frozen encoder (official MAE recipe)")
+    add_dataclass_args(p, LinprobeConfig)
+    _record_args(p)
+    p.set_defaults(func=_train_handler("linprobe"))
+
+    p = subparsers.add_parser("eval", help="top-1 / top-5 of a fine-tuned or linear-probe checkpoint on an "
+                                           "ImageNet-layout folder")
+    add_dataclass_args(p, EvalConfig)
+    _record_args(p)
+    p.add_argument("--task", choices=["finetune", "linprobe"], default=None,
+                   help="protocol the number belongs to in the record (default: linprobe for a BN head, else finetune)")
+    p.set_defaults(func=_eval_handler)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="maet", description="classification commands of mae-transfer")
+    add_classification_commands(parser.add_subparsers(dest="command", required=True))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except MAETransferError as e:
+        print(f"maet {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,240 @@
+"""The loop that fine-tuning and linear probing share (the official `engine_finetune.py` + main loop).
+
+A protocol (finetune.py, linprobe.py) decides the model, optimizer, loss, Mixup and train
+transform: a `Recipe`. This module runs it: per-iteration warm-up + cosine lr (scaled per group
+by `lr_scale`), AMP, gradient accumulation, DDP, an evaluation after every epoch, and the same
+run folder as pretraining: `checkpoint-last.pth` (atomic, resumable bitwise: data augmentation,
+Mixup and drop path are seeded per sample / per step), final weights in our format, `log.jsonl`
+and `config.json`. Started again on the same folder, a run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+import uuid
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from ..checkpoints import save_mae_checkpoint, sha256_file
+from ..data import ImageFolderDataset, build_eval_transform
+from ..errors import ClassCountMismatchError, DatasetLayoutError, NonFiniteLossError
+from ..provenance import git_commit, now_iso, versions
+from .distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed
+from .evaluate import arch_name, eval_loader, evaluate
+from .metrics import MetricsLog
+from .optim import lr_at, scaled_lr, set_lr
+from .precision import autocast, grad_scaler, resolve_precision
+from .rng import SeededSampleDataset, seed_step
+from .state import LAST, find_resume, restore_training_state, save_training_state
+
+FINAL = {"finetune": "finetuned.pth", "linprobe": "linprobe.pth"}
+
+
+@dataclass
+class Recipe:
+    """What a protocol decides; everything else is the shared loop."""
+
+    model: nn.Module  # on the training device, not yet wrapped in DDP
+    model_kwargs: dict  # `models_vit.build_classifier` arguments: rebuilds it (resume check, eval)
+    optimizer: torch.optim.Optimizer
+    criterion: nn.Module
+    mixup: Callable | None = None  # (images, labels) -> (mixed images, soft targets)
+    clip_grad: float | None = None
+    init_report: dict = field(default_factory=dict)  # missing / unexpected keys of the --init load
+
+
+@dataclass
+class ClassifierRun:
+    """What a finished run hands back (the CLI turns it into a run record)."""
+
+    checkpoint: Path
+    arch: str
+    metrics: dict  # top1, top5, loss of the last epoch; best_top1, best_epoch; train_loss
+    run: dict  # provenance: run_id, git_commit, started_at, config, versions, device, init_sha256, ...
+    is_main: bool
+    duration_s: float  # training time over all resumed parts of the run
+
+
+MakeRecipe = Callable[[int, DistInfo, float], Recipe]  # (num_classes, dist info, peak lr) -> Recipe
+
+
+def checkpoint_sha256(path: str | Path) -> str:
+    """sha256 of a checkpoint file; of a checkpoint folder (Hugging Face), over its files' names and hashes."""
+    path = Path(path)
+    if not path.is_dir():
+        return sha256_file(path)
+    lines = [f"{f.relative_to(path).as_posix()}\0{sha256_file(f)}\n" for f in sorted(path.rglob("*")) if f.is_file()]
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
+
+
+def sync_buffers(model: nn.Module, info: DistInfo) -> None:
+    """Give every process rank 0's buffers (the linear probe's BN running statistics, which each rank
+    updated from its own last batch), so the sharded evaluation measures the model rank 0 saves."""
+    if info.enabled:
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
+
+
+def train_one_epoch(model, recipe: Recipe, loader, scaler, epoch: int, cfg, info: DistInfo, precision: str,
+                    peak_lr: float, log: MetricsLog, last_good: Path | None) -> dict:
+    model.train(True)
+    optimizer, steps = recipe.optimizer, len(loader)
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+               disable=not (cfg.progress and info.is_main), dynamic_ncols=True)
+    losses, seen, t0 = [], 0, time.perf_counter()
+    for step, (imgs, target) in enumerate(bar):
+        if step % cfg.accum_iter == 0:  # per-iteration schedule, as the official code
+            set_lr(optimizer, lr_at(step / steps + epoch, peak_lr, cfg.min_lr, cfg.warmup_epochs, cfg.epochs))
+        seed_step(cfg.seed, epoch, step, info.rank)  # Mixup and drop path draw from here
+        imgs = imgs.to(info.device, non_blocking=True)
+        target = target.to(info.device, non_blocking=True)
+        if recipe.mixup is not None:
+            imgs, target = recipe.mixup(imgs, target)
+        with autocast(info.device, precision):
+            loss = recipe.criterion(model(imgs), target)
+        loss_value = all_reduce_mean(loss.item(), info)  # all ranks stop together
+        if not math.isfinite(loss_value):
+            raise NonFiniteLossError(
+                f"loss is {loss_value} at epoch {epoch + 1}, step {step}; stopping. The last good checkpoint is "
+                f"{last_good or 'not written yet'}. Try a lower --blr, --precision bf16 instead of fp16, "
+                "--clip-grad, or check the input images.")
+        update = (step + 1) % cfg.accum_iter == 0
+        with model.no_sync() if (info.enabled and not update) else nullcontext():
+            scaler.scale(loss / cfg.accum_iter).backward()
+        if update:
+            if recipe.clip_grad:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.clip_grad)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+        losses.append(loss_value)
+        seen += imgs.shape[0] * info.world_size
+        lr = max(g["lr"] for g in optimizer.param_groups)  # the head's (unscaled) lr, as the official log
+        bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
+        if (step + 1) % cfg.log_every == 0 or step + 1 == steps:
+            log.write(epoch=epoch, step=epoch * steps + step + 1, loss=loss_value, lr=lr,
+                      img_per_s=seen / (time.perf_counter() - t0))
+    return {"loss": sum(losses) / max(len(losses), 1), "img_per_s": seen / (time.perf_counter() - t0)}
+
+
+def train_classifier(cfg, task: str, train_transform, make_recipe: MakeRecipe) -> ClassifierRun:
+    """Run (or resume) a fine-tune or linear probe described by `cfg` and `make_recipe`."""
+    info = init_distributed(cfg.device)
+    try:
+        return _train(cfg, task, train_transform, make_recipe, info)
+    finally:
+        cleanup(info)
+
+
+def _datasets(cfg, train_transform, img_size: int) -> tuple[ImageFolderDataset, ImageFolderDataset, int]:
+    train = ImageFolderDataset(cfg.data_path, "train", train_transform, skip_corrupt=cfg.skip_corrupt)
+    val = ImageFolderDataset(cfg.data_path, "val", build_eval_transform(img_size), skip_corrupt=cfg.skip_corrupt)
+    if train.classes != val.classes:
+        only = sorted(set(train.classes) ^ set(val.classes))[:5]
+        raise DatasetLayoutError(f"train/ and val/ of {cfg.data_path} hold different class folders (e.g. {only}); "
+                                 "the labels are the sorted folder names, so both splits need the same ones")
+    num_classes = cfg.num_classes or len(train.classes)
+    if num_classes != len(train.classes):
+        raise ClassCountMismatchError(f"--num-classes {num_classes} but {train.split_dir} holds "
+                                      f"{len(train.classes)} class folders; leave --num-classes unset to use them")
+    return train, val, num_classes
+
+
+def _train(cfg, task: str, train_transform, make_recipe: MakeRecipe, info: DistInfo) -> ClassifierRun:
+    t_start, out = time.perf_counter(), Path(cfg.output_dir)
+    precision = resolve_precision(cfg.precision, info.device)
+    train_set, val_set, num_classes = _datasets(cfg, train_transform, cfg.img_size)
+    seeded = SeededSampleDataset(train_set, cfg.seed)
+    sampler = DistributedSampler(seeded, num_replicas=info.world_size, rank=info.rank, shuffle=True,
+                                 seed=cfg.seed, drop_last=True)
+    loader = DataLoader(seeded, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
+                        pin_memory=info.device.type == "cuda", drop_last=True)
+    if len(loader) == 0:
+        raise ValueError(f"{len(train_set)} training images cannot fill one batch of {cfg.batch_size} x "
+                         f"{info.world_size} processes; lower --batch-size")
+    val_loader = eval_loader(val_set, cfg.batch_size, cfg.num_workers, info)
+
+    effective_batch = cfg.batch_size * cfg.accum_iter * info.world_size
+    peak_lr = cfg.lr if cfg.lr is not None else scaled_lr(cfg.blr, effective_batch)
+    recipe = make_recipe(num_classes, info, peak_lr)
+    scaler = grad_scaler(info.device, precision)
+
+    init_sha256 = checkpoint_sha256(cfg.init) if cfg.init != "scratch" and info.is_main else None
+    run = {"run_id": uuid.uuid4().hex[:12], "task": task, "git_commit": git_commit(), "started_at": now_iso(),
+           "seed": cfg.seed, "config": cfg.to_dict(), "versions": versions(), "device": str(info.device),
+           "world_size": info.world_size, "precision": precision, "effective_batch": effective_batch, "lr": peak_lr,
+           "init": cfg.init, "init_sha256": init_sha256,
+           "init_report": recipe.init_report, "classes": train_set.classes}
+    start_epoch, elapsed, best = 0, 0.0, {"top1": -1.0, "epoch": -1}
+    resume_path = find_resume(cfg.resume, out)
+    if resume_path is not None:
+        start_epoch, saved = restore_training_state(resume_path, recipe.model, recipe.optimizer, scaler,
+                                                    recipe.model_kwargs, what=task)
+        meta = saved["meta"]
+        run = {**meta.get("run", {}), "config": cfg.to_dict(), "resumed_at": now_iso(),
+               "resumed_from_epoch": start_epoch}
+        elapsed, best = meta.get("elapsed_s", 0.0), meta.get("best", best)
+    model = DistributedDataParallel(recipe.model) if info.enabled else recipe.model
+
+    log = MetricsLog(out / "log.jsonl", enabled=info.is_main)
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(run, indent=2, default=str))
+        log.truncate_from_epoch(start_epoch)
+        trainable = sum(p.numel() for p in recipe.model.parameters() if p.requires_grad)
+        print(f"{task} {arch_name(recipe.model_kwargs)} ({trainable / 1e6:.2f}M trainable params) from {cfg.init} "
+              f"on {len(train_set)} images / {num_classes} classes, {info.world_size} process(es) on {info.device}, "
+              f"{precision}, effective batch {effective_batch}, lr {peak_lr:.3g}, "
+              f"epochs {start_epoch + 1}..{cfg.epochs}")
+
+    def meta_at(epoch: int, **extra) -> dict:
+        return {"format": "mae-transfer/1", "task": task, "arch": arch_name(recipe.model_kwargs),
+                "model_kwargs": recipe.model_kwargs, "img_size": cfg.img_size, "classes": train_set.classes,
+                "epoch": epoch, "best": best, "elapsed_s": elapsed + time.perf_counter() - t_start, "run": run,
+                **extra}
+
+    last_good, stats, test = resume_path, {}, {}
+    for epoch in range(start_epoch, cfg.epochs):
+        sampler.set_epoch(epoch)
+        seeded.set_epoch(epoch)
+        stats = train_one_epoch(model, recipe, loader, scaler, epoch, cfg, info, precision, peak_lr, log, last_good)
+        sync_buffers(recipe.model, info)
+        test = evaluate(recipe.model, val_loader, info.device, precision, info)
+        if test["top1"] > best["top1"]:
+            best = {"top1": test["top1"], "epoch": epoch}
+        if info.is_main:
+            log.write(epoch=epoch, train_loss=stats["loss"], test_top1=test["top1"], test_top5=test["top5"],
+                      test_loss=test["loss"], best_top1=best["top1"], img_per_s=stats["img_per_s"])
+            print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {stats['loss']:.4f}, val top-1 {test['top1']:.2f} "
+                  f"top-5 {test['top5']:.2f} (best {best['top1']:.2f}), {stats['img_per_s']:.1f} img/s")
+            if (epoch + 1) % cfg.save_every == 0 or epoch + 1 == cfg.epochs:
+                last_good = save_training_state(out / LAST, recipe.model, meta_at(epoch), recipe.optimizer,
+                                                scaler, epoch)
+        barrier(info)
+
+    if not test:  # resumed a run that had already finished: measure its weights again
+        test = evaluate(recipe.model, val_loader, info.device, precision, info)
+    metrics = {"top1": test["top1"], "top5": test["top5"], "loss": test["loss"], "best_top1": best["top1"],
+               "best_epoch": best["epoch"] + 1, "train_loss": stats.get("loss"), "epochs": cfg.epochs}
+    final = out / FINAL[task]
+    duration = elapsed + time.perf_counter() - t_start
+    if info.is_main:
+        save_mae_checkpoint(final, recipe.model, meta_at(cfg.epochs - 1, metrics=metrics,
+                                                         run={**run, "finished_at": now_iso()}))
+        print(f"{task} finished: val top-1 {metrics['top1']:.2f} (best {best['top1']:.2f}); weights: {final}")
+    barrier(info)
+    return ClassifierRun(checkpoint=final, arch=arch_name(recipe.model_kwargs), metrics=metrics, run=run,
+                         is_main=info.is_main, duration_s=duration)

@@ -1,0 +1,116 @@
+"""Linear probing as the official `main_linprobe.py`: what a frozen MAE encoder knows, linearly.
+
+The encoder is frozen; the feature is the cls token after the final norm (`global_pool=False`);
+the head is `BatchNorm1d(affine=False, eps=1e-6)` then a linear layer (trunc-normal std 0.01): the
+BN normalises features whose scale differs from encoder to encoder, and still folds into one linear
+map at inference (MoCo v3, paper appendix A.2). The official optimiser and schedule: LARS
+(`lars.py`) at blr 0.1 x effective batch / 256, no weight decay, 10 warm-up epochs then cosine, 90
+epochs, batch 512 per process (the paper's 16384 in total); weak augmentation: the official
+TF-style RandomResizedCrop (bicubic) + flip.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn as nn
+from torchvision import transforms
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import functional as F
+
+from ..data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from ..models_vit import build_classifier, classifier_kwargs, init_head, load_init_checkpoint
+from .classification import ClassifierRun, Recipe, train_classifier
+from .distributed import DistInfo
+from .lars import LARS
+
+
+@dataclass
+class LinprobeConfig:
+    data_path: str
+    output_dir: str
+    init: str  # a checkpoint path, or "scratch" (random features: a floor, not a result)
+    model: str = "vit_base_patch16"
+    model_kwargs: dict = field(default_factory=dict)
+    img_size: int = 224
+    num_classes: int | None = None  # None = the class folders of train/
+    global_pool: bool = False  # the official probe reads the cls token
+    epochs: int = 90
+    warmup_epochs: float = 10
+    batch_size: int = 512  # per process
+    accum_iter: int = 1
+    blr: float = 0.1
+    lr: float | None = None  # absolute lr; None = blr x effective batch / 256
+    min_lr: float = 0.0
+    weight_decay: float = 0.0
+    seed: int = 0
+    num_workers: int = 8
+    device: str = "auto"
+    precision: str = "auto"
+    save_every: int = 1
+    log_every: int = 10
+    resume: str | None = None
+    skip_corrupt: bool = False
+    progress: bool = True
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class RandomResizedCropTF(transforms.RandomResizedCrop):
+    """The official `util/crop.py`: one draw of area and log-aspect, clamped to the image (BYOL's TF
+    crop), instead of torchvision's up-to-10 rejection-sampling tries."""
+
+    @staticmethod
+    def get_params(img, scale, ratio):
+        width, height = F.get_image_size(img)
+        target_area = height * width * torch.empty(1).uniform_(scale[0], scale[1]).item()
+        log_ratio = torch.log(torch.tensor(ratio))
+        aspect = torch.exp(torch.empty(1).uniform_(log_ratio[0], log_ratio[1])).item()
+        w = min(int(round(math.sqrt(target_area * aspect))), width)
+        h = min(int(round(math.sqrt(target_area / aspect))), height)
+        i = torch.randint(0, height - h + 1, size=(1,)).item()
+        j = torch.randint(0, width - w + 1, size=(1,)).item()
+        return i, j, h, w
+
+
+def build_train_transform(img_size: int) -> transforms.Compose:
+    return transforms.Compose([
+        RandomResizedCropTF(img_size, interpolation=InterpolationMode.BICUBIC),
+        transforms.RandomHorizontalFlip(),
+        transforms.ToTensor(),
+        transforms.Normalize(mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD),
+    ])
+
+
+def freeze_all_but_head(model: nn.Module) -> None:
+    for p in model.parameters():
+        p.requires_grad = False
+    for p in model.head.parameters():
+        p.requires_grad = True
+
+
+def make_recipe(cfg: LinprobeConfig):
+    def recipe(num_classes: int, info: DistInfo, lr: float) -> Recipe:
+        kwargs = classifier_kwargs(cfg.model, img_size=cfg.img_size, num_classes=num_classes,
+                                   global_pool=cfg.global_pool, drop_path_rate=0.0, linear_probe=True,
+                                   **cfg.model_kwargs)
+        torch.manual_seed(cfg.seed)
+        model = build_classifier(**kwargs)
+        report = {}
+        if cfg.init != "scratch":
+            report = load_init_checkpoint(model, cfg.init)
+        init_head(model, std=0.01)  # MoCo v3's linear-classifier init
+        freeze_all_but_head(model)
+        model.to(info.device)
+        optimizer = LARS(model.head.parameters(), lr=lr, weight_decay=cfg.weight_decay)
+        return Recipe(model=model, model_kwargs=kwargs, optimizer=optimizer, criterion=nn.CrossEntropyLoss(),
+                      init_report=report)
+    return recipe
+
+
+def linprobe(cfg: LinprobeConfig) -> ClassifierRun:
+    """Train (or resume) a linear probe on a frozen encoder; returns the final checkpoint and its metrics."""
+    return train_classifier(cfg, "linprobe", build_train_transform(cfg.img_size), make_recipe(cfg))
