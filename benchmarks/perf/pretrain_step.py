@@ -1,15 +1,15 @@
 """One MAE pretraining step, ours vs Hugging Face `ViTMAEForPreTraining`: throughput and peak memory.
 
 A step is forward (same images, same masking noise for both models), loss, backward, AdamW step,
-zero_grad. Both models get the same configuration, batch, optimizer and precision; weights need
-not match for speed, but a preflight loads our weights into HF (when `mae_core.hf` is there) and
-compares the losses, so we know the two really compute the same network.
+zero_grad. Both models get the same configuration, batch, optimizer, precision and weights (ours,
+seeded, converted into HF), and a preflight checks that their losses agree, so we know the two
+compute the same network on the same numbers.
 
 Each (model, precision) case runs in a fresh subprocess, so its peak memory is its own: on CUDA
-`torch.cuda.max_memory_allocated`; on CPU the peak RSS during the case minus the RSS just before
-the model is built (all imports done, inputs made), i.e. weights + gradients + AdamW state + the
-step's activations. On Linux the kernel's peak mark is reset first (/proc/self/clear_refs), so
-an earlier transient peak (imports) cannot hide the case's own; elsewhere `ru_maxrss` is used.
+`torch.cuda.max_memory_allocated`; on CPU the peak RSS during the steps minus the RSS after the
+model was built, i.e. gradients + AdamW state + the step's activations (the weights are the same
+for both). On Linux the kernel's peak mark is reset first (/proc/self/clear_refs), so an earlier
+transient peak (imports, building) cannot hide the case's own; elsewhere `ru_maxrss` is used.
 Cases run in alternating order over `--repeats` rounds so background load hits both models alike.
 
     python -m benchmarks.perf.pretrain_step --config vit_base --batch 8 --steps 10 --json out.json
@@ -77,12 +77,23 @@ def hf_config(kwargs: dict) -> ViTMAEConfig:
         attention_probs_dropout_prob=0.0, attn_implementation=HF_ATTN)
 
 
-def build(model: str, kwargs: dict) -> torch.nn.Module:
+def build(model: str, kwargs: dict, seed: int = 0) -> torch.nn.Module:
+    """Both models carry the same weights (ours, seeded, converted for HF), so both compute on the same numbers.
+
+    HF's own fresh init is not used: in transformers 5.x it leaves the position embeddings and the mask
+    token at zero, and all-zero decoder rows run faster through GELU than real activations do.
+    """
+    torch.manual_seed(seed)
+    ours = MaskedAutoencoder(**kwargs)
     if model == "ours":
-        return MaskedAutoencoder(**kwargs)
+        return ours
+    from mae_core.hf import mae_to_hf_state_dict
+
     hf = ViTMAEForPreTraining(hf_config(kwargs))
     if hf.config._attn_implementation != HF_ATTN:  # never silently benchmark HF's slow path
         raise RuntimeError(f"HF ViTMAE runs {hf.config._attn_implementation!r} attention, not {HF_ATTN!r}")
+    hf.load_state_dict(mae_to_hf_state_dict(ours.state_dict()), strict=True)
+    del ours
     return hf
 
 
@@ -138,7 +149,7 @@ def measure(model: str, precision: str, config: str = "vit_base", batch: int = 8
     """Time `warmup + steps` full training steps of one model in this process; return one case record.
 
     `mem_mb` is the number compared between models: CUDA peak allocated, or on CPU the peak RSS
-    minus the RSS just before the model was built (clean only in a fresh process: memory freed by
+    minus the RSS after the model was built (clean only in a fresh process: memory freed by
     an earlier case may be reused by the allocator without growing RSS).
     """
     if precision not in PRECISIONS:
@@ -146,13 +157,12 @@ def measure(model: str, precision: str, config: str = "vit_base", batch: int = 8
     kwargs = model_kwargs(config, img_size)
     imgs, noises = make_inputs(kwargs, batch, warmup + steps, device, seed)
     gc.collect()
+    net = build(model, kwargs, seed).to(device).train()
+    gc.collect()  # building HF holds a converted copy of our weights for a moment: not part of the step
     if device == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     rss_before, rss_method = start_rss_peak()
-
-    torch.manual_seed(seed)
-    net = build(model, kwargs).to(device).train()
     opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], **OPTIMIZER)
     step_s, losses = [], []
     for i in range(warmup + steps):
@@ -200,17 +210,11 @@ def run_case(model: str, precision: str, args: argparse.Namespace) -> dict:
 @torch.no_grad()
 def preflight(kwargs: dict, batch: int, device: str, seed: int) -> dict:
     """Before timing: parameter counts must match, and with our weights copied into HF the losses agree."""
-    torch.manual_seed(seed)
-    ours, hf = build("ours", kwargs).to(device), build("hf", kwargs).to(device)
+    ours, hf = build("ours", kwargs, seed).to(device), build("hf", kwargs, seed).to(device)
     counts = {"ours": param_counts(ours), "hf": param_counts(hf)}
     if counts["ours"] != counts["hf"]:
         raise RuntimeError(f"the two models differ in size, the comparison would be unfair: {counts}")
-    try:
-        from mae_core.hf import mae_to_hf_state_dict
-        hf.load_state_dict(mae_to_hf_state_dict(ours.state_dict()), strict=True)
-        weights = "ours copied into HF"
-    except ImportError:
-        weights = "independent random init (mae_core.hf not available)"
+    weights = "ours copied into HF (also while timing)"
     imgs, (noise,) = make_inputs(kwargs, batch, 1, device, seed)
     loss_ours, loss_hf = loss_of(ours.eval(), imgs, noise).item(), loss_of(hf.eval(), imgs, noise).item()
     if not (math.isfinite(loss_ours) and math.isfinite(loss_hf)):
@@ -245,8 +249,9 @@ def summarize(cases: list[dict]) -> tuple[list[dict], list[dict]]:
 def memory_measure(device: str) -> str:
     if device == "cuda":
         return "peak MB = torch.cuda.max_memory_allocated of the case (weights+grads+AdamW state+activations)"
-    return ("peak MB = peak RSS of the case minus RSS just before model build (VmHWM reset via clear_refs, "
-            "else ru_maxrss), fresh process per case: weights+grads+AdamW state+activations; "
+    return ("peak MB = peak RSS of the case minus RSS after the model was built (VmHWM reset via clear_refs, "
+            "else ru_maxrss), fresh process per case: grads+AdamW state+activations (the weights, the same for "
+            "both, are excluded); "
             "abs RSS MB = the process's peak")
 
 
