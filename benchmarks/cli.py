@@ -22,12 +22,14 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls, required=()) -> Non
         default = None if not has_default else (
             f.default if f.default is not dataclasses.MISSING else f.default_factory())
         kind = _base_type(hint)
+        help_text = f"default: {default}" if has_default else "required"
         if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
         elif kind is dict:
-            parser.add_argument(flag, type=json.loads, default=default, metavar="JSON")
+            parser.add_argument(flag, type=json.loads, default=default, metavar="JSON", help=help_text)
         else:
-            parser.add_argument(flag, type=kind, default=default, required=not has_default or f.name in required)
+            parser.add_argument(flag, type=kind, default=default, required=not has_default or f.name in required,
+                                help=help_text)
 
 
 def _base_type(hint):
