@@ -36,7 +36,7 @@ from .evaluate import arch_name, eval_loader, evaluate
 from .metrics import MetricsLog
 from .optim import lr_at, scaled_lr, set_lr
 from .precision import autocast, grad_scaler, resolve_precision
-from .rng import SeededSampleDataset, seed_step
+from .seeded import SeededSampleDataset, seed_step
 from .state import LAST, find_resume, restore_training_state, save_training_state
 
 FINAL = {"finetune": "finetuned.pth", "linprobe": "linprobe.pth"}
