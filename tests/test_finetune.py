@@ -352,3 +352,14 @@ def test_tiny_mae_finetuned_and_scratch_and_linear_probe_write_run_records(tiny_
     assert records[0]["checkpoint_sha256"] == sha256_file(mae) == records[2]["checkpoint_sha256"]
     assert records[1]["checkpoint_sha256"] is None
     assert records[0]["output"]["sha256"] == sha256_file(tmp_path / "ft" / "finetuned.pth")
+
+
+def test_randaugment_posterize_at_full_magnitude_does_not_crash():
+    """timm's RandAugment (rand-m9-mstd0.5) reaches PosterizeIncreasing level 10 = keep 0 bits; Pillow 13
+    refuses that mid-epoch (hence the Pillow<13 pin)."""
+    from PIL import Image
+    from timm.data.auto_augment import AugmentOp
+
+    img = Image.new("RGB", (16, 16), (200, 120, 40))
+    out = AugmentOp("PosterizeIncreasing", prob=1.0, magnitude=10)(img)
+    assert out.getpixel((0, 0)) == (0, 0, 0)  # 0 bits kept
