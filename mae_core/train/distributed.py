@@ -73,3 +73,8 @@ def all_reduce_mean(value: float, info: DistInfo) -> float:
 def cleanup(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def default_num_workers() -> int:
+    """Data-loader workers per process: the official 8, or fewer on a machine with fewer cores."""
+    return max(1, min(8, (os.cpu_count() or 1)))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +22,7 @@ from ..data import ImageFolderDataset, build_eval_transform
 from ..errors import ClassCountMismatchError
 from ..models_vit import build_classifier_from_checkpoint, linear_layer
 from ..vit import arch_for_width_depth
-from .distributed import DistInfo, all_reduce_sum, cleanup, init_distributed
+from .distributed import DistInfo, all_reduce_sum, cleanup, default_num_workers, init_distributed
 from .precision import autocast, resolve_precision
 
 
@@ -34,7 +34,7 @@ class EvalConfig:
     img_size: int | None = None  # None = the checkpoint's own resolution
     num_heads: int | None = None  # only for files without meta whose width is no preset's
     batch_size: int = 128
-    num_workers: int = 8
+    num_workers: int = field(default_factory=default_num_workers)
     device: str = "auto"
     precision: str = "auto"  # fp32 | fp16 | bf16; auto = fp16 on CUDA, fp32 on CPU
     skip_corrupt: bool = False

@@ -21,7 +21,7 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from ..data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from ..models_vit import build_classifier, classifier_kwargs, init_head, load_init_checkpoint
 from .classification import ClassifierRun, Recipe, train_classifier
-from .distributed import DistInfo
+from .distributed import DistInfo, default_num_workers
 from .layer_decay import param_groups_layer_decay
 
 
@@ -57,7 +57,7 @@ class FinetuneConfig:
     remode: str = "pixel"
     recount: int = 1
     seed: int = 0
-    num_workers: int = 8
+    num_workers: int = field(default_factory=default_num_workers)
     device: str = "auto"
     precision: str = "auto"  # fp32 | fp16 | bf16; auto = fp16 on CUDA, fp32 on CPU
     save_every: int = 1

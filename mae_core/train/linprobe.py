@@ -23,7 +23,7 @@ from torchvision.transforms import functional as F
 from ..data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from ..models_vit import build_classifier, classifier_kwargs, init_head, load_init_checkpoint
 from .classification import ClassifierRun, Recipe, train_classifier
-from .distributed import DistInfo
+from .distributed import DistInfo, default_num_workers
 from .lars import LARS
 
 
@@ -46,7 +46,7 @@ class LinprobeConfig:
     min_lr: float = 0.0
     weight_decay: float = 0.0
     seed: int = 0
-    num_workers: int = 8
+    num_workers: int = field(default_factory=default_num_workers)
     device: str = "auto"
     precision: str = "auto"
     save_every: int = 1

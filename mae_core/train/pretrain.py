@@ -31,7 +31,7 @@ from ..data import ImageFolderDataset, build_pretrain_transform
 from ..errors import NonFiniteLossError
 from ..mae import MAE_PRESETS, MaskedAutoencoder
 from ..provenance import git_commit, now_iso, versions
-from .distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed
+from .distributed import DistInfo, all_reduce_mean, barrier, cleanup, default_num_workers, init_distributed
 from .metrics import MetricsLog
 from .optim import lr_at, param_groups_weight_decay, scaled_lr, set_lr
 from .precision import autocast, grad_scaler, resolve_precision
@@ -59,7 +59,7 @@ class PretrainConfig:
     min_lr: float = 0.0
     weight_decay: float = 0.05
     seed: int = 0
-    num_workers: int = 8
+    num_workers: int = field(default_factory=default_num_workers)
     device: str = "auto"
     precision: str = "auto"  # fp32 | fp16 | bf16; auto = fp16 on CUDA, fp32 on CPU
     save_every: int = 1
