@@ -1,18 +1,14 @@
 """`maet finetune`, `maet linprobe`, `maet eval`: the classification commands; each writes a run record.
 
-`add_classification_commands(subparsers)` registers them on the `maet` parser. Until that is wired
-in they also run standalone: `python -m benchmarks.cli_classification finetune --data-path ...`.
+`add_classification_commands(subparsers)` registers them on the `maet` parser (benchmarks/cli.py).
 Under torchrun only rank 0 writes the record.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
-
-from mae_core.errors import MAETransferError
 
 from .records import ENV_DIR, append_record, make_record
 
@@ -118,23 +114,3 @@ def add_classification_commands(subparsers) -> None:
     p.add_argument("--task", choices=["finetune", "linprobe"], default=None,
                    help="protocol the number belongs to in the record (default: linprobe for a BN head, else finetune)")
     p.set_defaults(func=_eval_handler)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="maet", description="classification commands of mae-transfer")
-    add_classification_commands(parser.add_subparsers(dest="command", required=True))
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        args.func(args)
-    except MAETransferError as e:
-        print(f"maet {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

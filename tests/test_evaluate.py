@@ -12,8 +12,8 @@ import torchvision
 from timm.models.vision_transformer import VisionTransformer
 from torch.utils.data import DataLoader, TensorDataset
 
-from benchmarks.cli_classification import build_parser
-from benchmarks.cli_classification import main as cli_main
+from benchmarks.cli import build_parser
+from benchmarks.cli import main as cli_main
 from benchmarks.perf import eval_throughput
 from benchmarks.records import read_records
 from mae_core.checkpoints import save_mae_checkpoint, sha256_file

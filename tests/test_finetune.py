@@ -18,7 +18,7 @@ from timm.data.random_erasing import RandomErasing
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import param_groups_layer_decay as timm_param_groups_layer_decay
 
-from benchmarks.cli_classification import main as cli_main
+from benchmarks.cli import main as cli_main
 from benchmarks.records import read_records
 from mae_core.checkpoints import load_file, save_mae_checkpoint, sha256_file
 from mae_core.errors import (
@@ -255,7 +255,7 @@ def test_resume_refuses_another_architecture(tiny_imagenet, tmp_path):
 
 # ---------------------------------------------------------------- resume after a real kill
 def _cli(*args) -> list[str]:
-    return [sys.executable, "-m", "benchmarks.cli_classification", *args]
+    return [sys.executable, "-m", "benchmarks.cli", *args]
 
 
 def _env() -> dict:
@@ -314,7 +314,7 @@ def test_two_gloo_processes_match_one_process_at_the_same_global_batch(tiny_imag
     record = ["--results-dir", str(tmp_path / "runs")]
     subprocess.run(_cli("finetune", *cli_args(one), *record), check=True, env=_env(), capture_output=True)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr",
-                "127.0.0.1", "--master-port", str(_free_port()), "-m", "benchmarks.cli_classification"]
+                "127.0.0.1", "--master-port", str(_free_port()), "-m", "benchmarks.cli"]
     result = subprocess.run([*torchrun, "finetune", *cli_args(two), *record], env=_env(), capture_output=True,
                             text=True)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -134,7 +134,7 @@ def test_two_gloo_processes_train_the_probe_and_measure_the_saved_model(tiny_ima
     init = save_tiny_mae(tmp_path / "mae.pth")
     cfg = tiny_linprobe_config(tiny_imagenet, tmp_path / "out", init, epochs=2, batch_size=4)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr",
-                "127.0.0.1", "--master-port", str(_free_port()), "-m", "benchmarks.cli_classification"]
+                "127.0.0.1", "--master-port", str(_free_port()), "-m", "benchmarks.cli"]
     result = subprocess.run([*torchrun, "linprobe", *cli_args(cfg), "--results-dir", str(tmp_path / "runs")],
                             env=_env(), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
