@@ -24,14 +24,13 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from ..checkpoints import save_mae_checkpoint, sha256_file
 from ..data import ImageFolderDataset, build_eval_transform
 from ..errors import ClassCountMismatchError, DatasetLayoutError, NonFiniteLossError
 from ..provenance import git_commit, now_iso, versions
-from .distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed
+from .distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed, train_loader
 from .evaluate import arch_name, eval_loader, evaluate
 from .metrics import MetricsLog
 from .optim import lr_at, scaled_lr, set_lr
@@ -158,13 +157,7 @@ def _train(cfg, task: str, train_transform, make_recipe: MakeRecipe, info: DistI
     precision = resolve_precision(cfg.precision, info.device)
     train_set, val_set, num_classes = _datasets(cfg, train_transform, cfg.img_size)
     seeded = SeededSampleDataset(train_set, cfg.seed)
-    sampler = DistributedSampler(seeded, num_replicas=info.world_size, rank=info.rank, shuffle=True,
-                                 seed=cfg.seed, drop_last=True)
-    loader = DataLoader(seeded, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
-                        pin_memory=info.device.type == "cuda", drop_last=True)
-    if len(loader) == 0:
-        raise ValueError(f"{len(train_set)} training images cannot fill one batch of {cfg.batch_size} x "
-                         f"{info.world_size} processes; lower --batch-size")
+    sampler, loader = train_loader(seeded, cfg.batch_size, cfg.num_workers, cfg.seed, info)
     val_loader = eval_loader(val_set, cfg.batch_size, cfg.num_workers, info)
 
     effective_batch = cfg.batch_size * cfg.accum_iter * info.world_size

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler
 
 
 @dataclass(frozen=True)
@@ -78,3 +79,16 @@ def cleanup(info: DistInfo) -> None:
 def default_num_workers() -> int:
     """Data-loader workers per process: the official 8, or fewer on a machine with fewer cores."""
     return max(1, min(8, (os.cpu_count() or 1)))
+
+
+def train_loader(dataset, batch_size: int, num_workers: int, seed: int, info: DistInfo):
+    """The training loader of every engine: DistributedSampler seeded by epoch (also for one process, so
+    the data order is the same whatever the world size), full batches only, as the official code."""
+    sampler = DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=seed,
+                                 drop_last=True)
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                        pin_memory=info.device.type == "cuda", drop_last=True)
+    if len(loader) == 0:
+        raise ValueError(f"{len(dataset)} training images cannot fill one batch of {batch_size} x "
+                         f"{info.world_size} processes; lower --batch-size")
+    return sampler, loader

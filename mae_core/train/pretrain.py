@@ -23,7 +23,6 @@ from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from ..checkpoints import save_mae_checkpoint
@@ -31,7 +30,15 @@ from ..data import ImageFolderDataset, build_pretrain_transform
 from ..errors import NonFiniteLossError
 from ..mae import MAE_PRESETS, MaskedAutoencoder
 from ..provenance import git_commit, now_iso, versions
-from .distributed import DistInfo, all_reduce_mean, barrier, cleanup, default_num_workers, init_distributed
+from .distributed import (
+    DistInfo,
+    all_reduce_mean,
+    barrier,
+    cleanup,
+    default_num_workers,
+    init_distributed,
+    train_loader,
+)
 from .metrics import MetricsLog
 from .optim import lr_at, param_groups_weight_decay, scaled_lr, set_lr
 from .precision import autocast, grad_scaler, resolve_precision
@@ -143,13 +150,7 @@ def _pretrain(cfg: PretrainConfig, info: DistInfo) -> Path:
     dataset = ImageFolderDataset(cfg.data_path, "train", build_pretrain_transform(kwargs["img_size"]),
                                  skip_corrupt=cfg.skip_corrupt)
     seeded = SeededMaskingDataset(dataset, model.patch_embed.num_patches, cfg.seed)
-    sampler = DistributedSampler(seeded, num_replicas=info.world_size, rank=info.rank, shuffle=True,
-                                 seed=cfg.seed, drop_last=True)
-    loader = DataLoader(seeded, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
-                        pin_memory=info.device.type == "cuda", drop_last=True)
-    if len(loader) == 0:
-        raise ValueError(f"{len(dataset)} training images cannot fill one batch of {cfg.batch_size} x "
-                         f"{info.world_size} processes; lower --batch-size")
+    sampler, loader = train_loader(seeded, cfg.batch_size, cfg.num_workers, cfg.seed, info)
 
     effective_batch = cfg.batch_size * cfg.accum_iter * info.world_size
     peak_lr = cfg.lr if cfg.lr is not None else scaled_lr(cfg.blr, effective_batch)
