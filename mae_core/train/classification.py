@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import time
 import uuid
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,15 +26,16 @@ from tqdm import tqdm
 
 from ..checkpoints import save_mae_checkpoint, sha256_file
 from ..data import ImageFolderDataset, build_eval_transform
-from ..errors import ClassCountMismatchError, DatasetLayoutError, NonFiniteLossError
+from ..errors import ClassCountMismatchError, DatasetLayoutError
 from ..provenance import git_commit, now_iso, versions
-from .distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed, train_loader
+from .distributed import DistInfo, barrier, cleanup, init_distributed, train_loader
 from .evaluate import arch_name, eval_loader, evaluate
 from .metrics import MetricsLog
 from .optim import lr_at, scaled_lr, set_lr
 from .precision import autocast, grad_scaler, resolve_precision
 from .seeded import SeededSampleDataset, seed_step
 from .state import LAST, find_resume, restore_training_state, save_training_state
+from .step import backward_and_update, global_loss
 
 FINAL = {"finetune": "finetuned.pth", "linprobe": "linprobe.pth"}
 
@@ -103,22 +102,8 @@ def train_one_epoch(model, recipe: Recipe, loader, scaler, epoch: int, cfg, info
             imgs, target = recipe.mixup(imgs, target)
         with autocast(info.device, precision):
             loss = recipe.criterion(model(imgs), target)
-        loss_value = all_reduce_mean(loss.item(), info)  # all ranks stop together
-        if not math.isfinite(loss_value):
-            raise NonFiniteLossError(
-                f"loss is {loss_value} at epoch {epoch + 1}, step {step}; stopping. The last good checkpoint is "
-                f"{last_good or 'not written yet'}. Try a lower --blr, --precision bf16 instead of fp16, "
-                "--clip-grad, or check the input images.")
-        update = (step + 1) % cfg.accum_iter == 0
-        with model.no_sync() if (info.enabled and not update) else nullcontext():
-            scaler.scale(loss / cfg.accum_iter).backward()
-        if update:
-            if recipe.clip_grad:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
+        loss_value = global_loss(loss, info, epoch, step, last_good, hint="--clip-grad, ")
+        backward_and_update(model, loss, optimizer, scaler, step, cfg.accum_iter, info, recipe.clip_grad)
         losses.append(loss_value)
         seen += imgs.shape[0] * info.world_size
         lr = max(g["lr"] for g in optimizer.param_groups)  # the head's (unscaled) lr, as the official log

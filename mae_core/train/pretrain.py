@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 import uuid
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,12 +25,10 @@ from tqdm import tqdm
 
 from ..checkpoints import save_mae_checkpoint
 from ..data import ImageFolderDataset, build_pretrain_transform
-from ..errors import NonFiniteLossError
 from ..mae import MAE_PRESETS, MaskedAutoencoder
 from ..provenance import git_commit, now_iso, versions
 from .distributed import (
     DistInfo,
-    all_reduce_mean,
     barrier,
     cleanup,
     default_num_workers,
@@ -44,6 +40,7 @@ from .optim import lr_at, param_groups_weight_decay, scaled_lr, set_lr
 from .precision import autocast, grad_scaler, resolve_precision
 from .seeded import SeededMaskingDataset
 from .state import LAST, find_resume, restore_training_state, save_training_state
+from .step import backward_and_update, global_loss
 
 FINAL = "mae_pretrain.pth"
 
@@ -108,20 +105,8 @@ def train_one_epoch(model, loader, optimizer, scaler, epoch: int, cfg: PretrainC
         noise = noise.to(info.device, non_blocking=True)
         with autocast(info.device, precision):
             loss = model(imgs, mask_ratio=cfg.mask_ratio, noise=noise).loss
-        loss_value = all_reduce_mean(loss.item(), info)  # same value on every rank: all stop together
-        if not math.isfinite(loss_value):
-            raise NonFiniteLossError(
-                f"loss is {loss_value} at epoch {epoch + 1}, step {step}; stopping. The last good checkpoint is "
-                f"{last_good or 'not written yet'}. Try a lower --blr, --precision bf16 instead of fp16, "
-                "or check the input images.")
-        update = (step + 1) % cfg.accum_iter == 0
-        sync = model.no_sync() if (info.enabled and not update) else nullcontext()
-        with sync:
-            scaler.scale(loss / cfg.accum_iter).backward()
-        if update:
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
+        loss_value = global_loss(loss, info, epoch, step, last_good)
+        backward_and_update(model, loss, optimizer, scaler, step, cfg.accum_iter, info)
         losses.append(loss_value)
         seen += imgs.shape[0] * info.world_size
         bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
