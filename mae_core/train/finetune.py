@@ -11,7 +11,7 @@ loop trains the supervised baseline (set the paper's scratch recipe through the 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
@@ -21,12 +21,13 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from ..data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from ..models_vit import build_classifier, classifier_kwargs, init_head, load_init_checkpoint
 from .classification import ClassifierRun, Recipe, train_classifier
-from .distributed import DistInfo, default_num_workers
+from .distributed import DistInfo
 from .layer_decay import param_groups_layer_decay
+from .options import RunOptions
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(RunOptions):
     data_path: str
     output_dir: str
     init: str  # a checkpoint path, or "scratch"
@@ -56,18 +57,6 @@ class FinetuneConfig:
     reprob: float = 0.25
     remode: str = "pixel"
     recount: int = 1
-    seed: int = 0
-    num_workers: int = field(default_factory=default_num_workers)
-    device: str = "auto"
-    precision: str = "auto"  # fp32 | fp16 | bf16; auto = fp16 on CUDA, fp32 on CPU
-    save_every: int = 1
-    log_every: int = 10
-    resume: str | None = None  # a checkpoint-last.pth; None = auto-resume from output_dir if present
-    skip_corrupt: bool = False
-    progress: bool = True
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
     @property
     def mixup_active(self) -> bool:

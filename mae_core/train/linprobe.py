@@ -12,7 +12,7 @@ TF-style RandomResizedCrop (bicubic) + flip.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
@@ -23,12 +23,13 @@ from torchvision.transforms import functional as F
 from ..data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from ..models_vit import build_classifier, classifier_kwargs, init_head, load_init_checkpoint
 from .classification import ClassifierRun, Recipe, train_classifier
-from .distributed import DistInfo, default_num_workers
+from .distributed import DistInfo
 from .lars import LARS
+from .options import RunOptions
 
 
 @dataclass
-class LinprobeConfig:
+class LinprobeConfig(RunOptions):
     data_path: str
     output_dir: str
     init: str  # a checkpoint path, or "scratch" (random features: a floor, not a result)
@@ -45,18 +46,6 @@ class LinprobeConfig:
     lr: float | None = None  # absolute lr; None = blr x effective batch / 256
     min_lr: float = 0.0
     weight_decay: float = 0.0
-    seed: int = 0
-    num_workers: int = field(default_factory=default_num_workers)
-    device: str = "auto"
-    precision: str = "auto"
-    save_every: int = 1
-    log_every: int = 10
-    resume: str | None = None
-    skip_corrupt: bool = False
-    progress: bool = True
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class RandomResizedCropTF(transforms.RandomResizedCrop):

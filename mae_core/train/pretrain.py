@@ -12,7 +12,6 @@ A run writes into its output folder: `checkpoint-last.pth` (resumable, atomic, e
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 import uuid
@@ -31,12 +30,12 @@ from .distributed import (
     DistInfo,
     barrier,
     cleanup,
-    default_num_workers,
     init_distributed,
     train_loader,
 )
 from .metrics import MetricsLog
 from .optim import lr_at, param_groups_weight_decay, scaled_lr, set_lr
+from .options import RunOptions
 from .precision import autocast, grad_scaler, resolve_precision
 from .seeded import SeededMaskingDataset
 from .state import LAST, find_resume, restore_training_state, save_training_state
@@ -46,7 +45,7 @@ FINAL = "mae_pretrain.pth"
 
 
 @dataclass
-class PretrainConfig:
+class PretrainConfig(RunOptions):
     data_path: str
     output_dir: str
     model: str = "mae_vit_base_patch16"
@@ -62,19 +61,7 @@ class PretrainConfig:
     lr: float | None = None  # absolute lr; None = blr x effective batch / 256
     min_lr: float = 0.0
     weight_decay: float = 0.05
-    seed: int = 0
-    num_workers: int = field(default_factory=default_num_workers)
-    device: str = "auto"
-    precision: str = "auto"  # fp32 | fp16 | bf16; auto = fp16 on CUDA, fp32 on CPU
-    save_every: int = 1
     keep_every: int = 20
-    log_every: int = 10
-    resume: str | None = None  # a checkpoint-last.pth; None = auto-resume from output_dir if present
-    skip_corrupt: bool = False
-    progress: bool = True
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 def _model_kwargs(cfg: PretrainConfig) -> dict:
