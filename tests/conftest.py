@@ -19,3 +19,14 @@ def tiny_imagenet(tmp_path_factory):
     root = tmp_path_factory.mktemp("synthetic")
     write_synthetic(root, seed=0, num_train=64, num_val=12, img_size=TINY_IMG, layouts=("imagenet",))
     return root / "imagenet"
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models on a shared 2-core machine: a second intra-op thread makes each step ~10x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -24,7 +24,9 @@ from mae_core.train.classification import checkpoint_sha256
 from mae_core.train.evaluate import EvalConfig, evaluate, evaluate_checkpoint, topk_correct
 
 from .conftest import TINY_IMG
-from .test_finetune import one_thread, save_tiny_mae  # noqa: F401  (one_thread: autouse fixture)
+from .test_finetune import save_tiny_mae
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # 128 wide with 2 heads: the 64-wide-head guess for files without meta gets the heads right.
 OFFICIAL = dict(img_size=TINY_IMG, patch_size=8, embed_dim=128, depth=2, num_heads=2, num_classes=6)

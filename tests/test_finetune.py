@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -42,18 +40,12 @@ from mae_core.train.pretrain import PretrainConfig, pretrain
 from mae_core.train.state import LAST
 
 from .conftest import TINY_IMG, TINY_MODEL
+from .helpers import cli_args, free_port, maet, one_thread_env
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 ENCODER = {k: TINY_MODEL["model_kwargs"][k] for k in ("patch_size", "embed_dim", "depth", "num_heads")}
 TINY_CLS = dict(model="vit_tiny_patch16", model_kwargs=ENCODER)  # the encoder of conftest's tiny MAE
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine: a second intra-op thread makes each step ~10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny_mae(perturb: float = 0.1, **overrides):
@@ -81,19 +73,6 @@ def tiny_finetune_config(data, out, init="scratch", **overrides) -> FinetuneConf
     base = dict(data_path=str(data), output_dir=str(out), init=str(init), img_size=TINY_IMG, epochs=2,
                 warmup_epochs=1, batch_size=8, num_workers=0, progress=False, log_every=1, **TINY_CLS)
     return FinetuneConfig(**{**base, **overrides})
-
-
-def cli_args(cfg) -> list[str]:
-    args = []
-    for key, value in cfg.to_dict().items():
-        flag = "--" + key.replace("_", "-")
-        if isinstance(value, bool):
-            args.append(flag if value else "--no-" + key.replace("_", "-"))
-        elif isinstance(value, dict):
-            args += [flag, json.dumps(value)]
-        elif value is not None:
-            args += [flag, str(value)]
-    return args
 
 
 # ---------------------------------------------------------------- weights into the classifier
@@ -254,14 +233,6 @@ def test_resume_refuses_another_architecture(tiny_imagenet, tmp_path):
 
 
 # ---------------------------------------------------------------- resume after a real kill
-def _cli(*args) -> list[str]:
-    return [sys.executable, "-m", "benchmarks.cli", *args]
-
-
-def _env() -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1"}
-
-
 @pytest.mark.slow
 def test_killed_finetune_resumes_bitwise_identical(tiny_imagenet, tmp_path):
     """Mixup, CutMix, RandAugment, random erasing and drop path all on: every draw must replay."""
@@ -269,12 +240,12 @@ def test_killed_finetune_resumes_bitwise_identical(tiny_imagenet, tmp_path):
     cfg = dict(epochs=4, num_workers=1, blr=5e-3)
     full = tmp_path / "uninterrupted"
     record = ["--results-dir", str(tmp_path / "runs")]
-    subprocess.run(_cli("finetune", *cli_args(tiny_finetune_config(tiny_imagenet, full, init, **cfg)), *record),
-                   check=True, env=_env(), capture_output=True)
+    subprocess.run(maet("finetune", *cli_args(tiny_finetune_config(tiny_imagenet, full, init, **cfg)), *record),
+                   check=True, env=one_thread_env(), capture_output=True)
 
     killed = tmp_path / "killed"
-    args = _cli("finetune", *cli_args(tiny_finetune_config(tiny_imagenet, killed, init, **cfg)), *record)
-    proc = subprocess.Popen(args, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = maet("finetune", *cli_args(tiny_finetune_config(tiny_imagenet, killed, init, **cfg)), *record)
+    proc = subprocess.Popen(args, env=one_thread_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     log = killed / "log.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline:  # kill inside epoch 3, after the epoch-2 checkpoint was written
@@ -285,7 +256,7 @@ def test_killed_finetune_resumes_bitwise_identical(tiny_imagenet, tmp_path):
     assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed"
     assert load_file(killed / LAST)["epoch"] == 1
 
-    subprocess.run(args, check=True, env=_env(), capture_output=True)  # same command: auto-resume
+    subprocess.run(args, check=True, env=one_thread_env(), capture_output=True)  # same command: auto-resume
     a, b = load_file(full / "finetuned.pth"), load_file(killed / "finetuned.pth")
     assert a["model"].keys() == b["model"].keys()
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"]), "resumed weights differ"
@@ -298,12 +269,6 @@ def test_killed_finetune_resumes_bitwise_identical(tiny_imagenet, tmp_path):
 
 
 # ---------------------------------------------------------------- DDP
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_gloo_processes_match_one_process_at_the_same_global_batch(tiny_imagenet, tmp_path):
     """Without Mixup and drop path (drawn per process) a step sees the same global batch, RandAugment included."""
@@ -312,10 +277,10 @@ def test_two_gloo_processes_match_one_process_at_the_same_global_batch(tiny_imag
     one = tiny_finetune_config(tiny_imagenet, tmp_path / "one", init, batch_size=8, **cfg)
     two = tiny_finetune_config(tiny_imagenet, tmp_path / "two", init, batch_size=4, **cfg)  # 2 x 4 = 8
     record = ["--results-dir", str(tmp_path / "runs")]
-    subprocess.run(_cli("finetune", *cli_args(one), *record), check=True, env=_env(), capture_output=True)
+    subprocess.run(maet("finetune", *cli_args(one), *record), check=True, env=one_thread_env(), capture_output=True)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr",
-                "127.0.0.1", "--master-port", str(_free_port()), "-m", "benchmarks.cli"]
-    result = subprocess.run([*torchrun, "finetune", *cli_args(two), *record], env=_env(), capture_output=True,
+                "127.0.0.1", "--master-port", str(free_port()), "-m", "benchmarks.cli"]
+    result = subprocess.run([*torchrun, "finetune", *cli_args(two), *record], env=one_thread_env(), capture_output=True,
                             text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     a, b = load_file(tmp_path / "one" / "finetuned.pth"), load_file(tmp_path / "two" / "finetuned.pth")

@@ -18,15 +18,10 @@ from mae_core.train.lars import LARS
 from mae_core.train.linprobe import LinprobeConfig, RandomResizedCropTF, build_train_transform, linprobe, make_recipe
 
 from .conftest import TINY_IMG
-from .test_finetune import (  # noqa: F401  (one_thread: autouse fixture)
-    TINY_CLS,
-    _cli,
-    _env,
-    _free_port,
-    cli_args,
-    one_thread,
-    save_tiny_mae,
-)
+from .helpers import cli_args, free_port, one_thread_env
+from .test_finetune import TINY_CLS, save_tiny_mae
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_linprobe_config(data, out, init, **overrides) -> LinprobeConfig:
@@ -134,9 +129,9 @@ def test_two_gloo_processes_train_the_probe_and_measure_the_saved_model(tiny_ima
     init = save_tiny_mae(tmp_path / "mae.pth")
     cfg = tiny_linprobe_config(tiny_imagenet, tmp_path / "out", init, epochs=2, batch_size=4)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr",
-                "127.0.0.1", "--master-port", str(_free_port()), "-m", "benchmarks.cli"]
+                "127.0.0.1", "--master-port", str(free_port()), "-m", "benchmarks.cli"]
     result = subprocess.run([*torchrun, "linprobe", *cli_args(cfg), "--results-dir", str(tmp_path / "runs")],
-                            env=_env(), capture_output=True, text=True)
+                            env=one_thread_env(), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     saved = load_file(tmp_path / "out" / "linprobe.pth")
     encoder = load_file(init)["model"]

@@ -6,21 +6,12 @@ import json
 import math
 
 import pytest
-import torch
 
 pytest.importorskip("transformers")
 from benchmarks.perf import pretrain_step as bench  # noqa: E402
 
 SMALL = dict(config="tiny", batch=2, steps=2, warmup=1, device="cpu")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Milliseconds per tiny step on one thread; on a busy machine, more threads can take a second a step."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_measure_and_ratios_are_consistent():

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,25 +18,13 @@ from mae_core.train.optim import lr_at, param_groups_weight_decay, scaled_lr
 from mae_core.train.pretrain import FINAL, LAST, PretrainConfig, pretrain
 
 from .conftest import TINY_IMG, TINY_MODEL
+from .helpers import cli_args, free_port, maet, one_thread_env
 
 
 def tiny_config(data, out, **overrides) -> PretrainConfig:
     base = dict(data_path=str(data), output_dir=str(out), img_size=TINY_IMG, epochs=3, warmup_epochs=1,
                 batch_size=8, blr=1e-3, num_workers=0, progress=False, log_every=1, keep_every=0, **TINY_MODEL)
     return PretrainConfig(**{**base, **overrides})
-
-
-def cli_args(cfg: PretrainConfig) -> list[str]:
-    args = []
-    for key, value in cfg.to_dict().items():
-        flag = "--" + key.replace("_", "-")
-        if isinstance(value, bool):
-            args.append(flag if value else "--no-" + key.replace("_", "-"))
-        elif isinstance(value, dict):
-            args += [flag, json.dumps(value)]
-        elif value is not None:
-            args += [flag, str(value)]
-    return args
 
 
 def weights(path) -> dict[str, torch.Tensor]:
@@ -114,24 +100,16 @@ def test_resume_refuses_another_architecture(tiny_imagenet, tmp_path):
 
 
 # ---------------------------------------------------------------- resume after a real kill
-def _maet(*args) -> list[str]:
-    return [sys.executable, "-m", "benchmarks.cli", *args]
-
-
-def _env() -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1"}
-
-
 @pytest.mark.slow
 def test_killed_run_resumes_bitwise_identical(tiny_imagenet, tmp_path):
     cfg = dict(epochs=4, blr=5e-3, num_workers=1)
     full = tmp_path / "uninterrupted"
-    subprocess.run(_maet("pretrain", *cli_args(tiny_config(tiny_imagenet, full, **cfg))), check=True, env=_env(),
-                   capture_output=True)
+    subprocess.run(maet("pretrain", *cli_args(tiny_config(tiny_imagenet, full, **cfg))), check=True,
+                   env=one_thread_env(), capture_output=True)
 
     killed = tmp_path / "killed"
-    args = _maet("pretrain", *cli_args(tiny_config(tiny_imagenet, killed, **cfg)))
-    proc = subprocess.Popen(args, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = maet("pretrain", *cli_args(tiny_config(tiny_imagenet, killed, **cfg)))
+    proc = subprocess.Popen(args, env=one_thread_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     log = killed / "log.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline:  # kill inside epoch 3, after the epoch-2 checkpoint was written
@@ -143,7 +121,7 @@ def test_killed_run_resumes_bitwise_identical(tiny_imagenet, tmp_path):
     assert not (killed / FINAL).exists()
     assert load_file(killed / LAST)["epoch"] == 1
 
-    subprocess.run(args, check=True, env=_env(), capture_output=True)  # same command: auto-resume
+    subprocess.run(args, check=True, env=one_thread_env(), capture_output=True)  # same command: auto-resume
     a, b = weights(full / FINAL), weights(killed / FINAL)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
@@ -153,20 +131,15 @@ def test_killed_run_resumes_bitwise_identical(tiny_imagenet, tmp_path):
 
 
 # ---------------------------------------------------------------- DDP
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_gloo_processes_match_one_process_at_the_same_global_batch(tiny_imagenet, tmp_path):
     one = tiny_config(tiny_imagenet, tmp_path / "one", epochs=1, batch_size=8, blr=5e-3)
     two = tiny_config(tiny_imagenet, tmp_path / "two", epochs=1, batch_size=4, blr=5e-3)  # 2 x 4 = 8
-    subprocess.run(_maet("pretrain", *cli_args(one)), check=True, env=_env(), capture_output=True)
+    subprocess.run(maet("pretrain", *cli_args(one)), check=True, env=one_thread_env(), capture_output=True)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), "-m", "benchmarks.cli"]
-    result = subprocess.run([*torchrun, "pretrain", *cli_args(two)], env=_env(), capture_output=True, text=True)
+                "--master-addr", "127.0.0.1", "--master-port", str(free_port()), "-m", "benchmarks.cli"]
+    result = subprocess.run([*torchrun, "pretrain", *cli_args(two)], env=one_thread_env(), capture_output=True,
+                            text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     a, b = weights(tmp_path / "one" / FINAL), weights(tmp_path / "two" / FINAL)
     worst = max((a[k] - b[k]).abs().max().item() for k in a)

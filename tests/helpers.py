@@ -1,0 +1,37 @@
+"""Helpers the end-to-end tests share: running `maet` in a subprocess the way a user would."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+
+
+def cli_args(cfg) -> list[str]:
+    """A config dataclass back to the `maet` flags that produce it."""
+    args = []
+    for key, value in cfg.to_dict().items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            args.append(flag if value else "--no-" + key.replace("_", "-"))
+        elif isinstance(value, dict):
+            args += [flag, json.dumps(value)]
+        elif value is not None:
+            args += [flag, str(value)]
+    return args
+
+
+def maet(*args) -> list[str]:
+    return [sys.executable, "-m", "benchmarks.cli", *args]
+
+
+def one_thread_env() -> dict:
+    """Subprocesses on a 2-core machine (several at once under torchrun): one intra-op thread each."""
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
