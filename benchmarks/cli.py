@@ -129,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     from mae_core.train.pretrain import PretrainConfig
 
     from .cli_classification import add_classification_commands
+    from .cli_detection import add_detection_commands
+    from .cli_segmentation import add_segmentation_commands
 
     parser = argparse.ArgumentParser(prog="maet", description="Masked Autoencoders and their transfer benchmarks")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -137,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_args(p, PretrainConfig)
     p.set_defaults(func=_cmd_pretrain)
     add_classification_commands(sub)
+    add_detection_commands(sub)
+    add_segmentation_commands(sub)
 
     p = sub.add_parser("make-data", help="write generated data sets in the real on-disk layouts")
     p.add_argument("kind", choices=["synthetic"])
