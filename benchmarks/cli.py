@@ -125,6 +125,13 @@ def _cmd_convert(args) -> None:
         print(f"load with timm.models.vision_transformer.VisionTransformer({args})")
 
 
+def _cmd_table(args) -> None:
+    from .tables import write_tables
+
+    print(write_tables(args.results_dir, published=args.published, out=args.out, plots=args.plots), end="")
+    print(f"tables written to {args.out}/")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from mae_core.train.pretrain import PretrainConfig
 
@@ -166,6 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-train", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("table", help="comparison tables from run records and published numbers")
+    p.add_argument("--results-dir", default=None, help="run records (default: $MAET_RESULTS_DIR, else results/runs)")
+    p.add_argument("--published", default="results/published", help="folder of published-number CSVs")
+    p.add_argument("--out", default="results/tables")
+    p.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True, help="write bar-chart PNGs")
+    p.set_defaults(func=_cmd_table)
 
     p = sub.add_parser("inspect", help="name a checkpoint's format and architecture (file or HF/timm folder)")
     p.add_argument("path")

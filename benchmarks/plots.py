@@ -31,3 +31,24 @@ def plot_loss_curve(records: list[dict], path: str | Path, title: str = "MAE pre
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def bar_chart(stats, path: str | Path, title: str) -> Path:
+    """Grouped bars: one group per metric column, one bar per init; error bars where std is known."""
+    columns, inits = list(dict.fromkeys(stats["column"])), list(dict.fromkeys(stats["init"]))
+    width = 0.8 / max(len(inits), 1)
+    fig, ax = plt.subplots(figsize=(1.2 + 1.6 * len(columns), 3.5), dpi=120)
+    for i, init in enumerate(inits):
+        rows = stats[stats["init"] == init].set_index("column").reindex(columns)
+        x = [c + (i - (len(inits) - 1) / 2) * width for c in range(len(columns))]
+        ax.bar(x, rows["mean"], width, yerr=rows["std"].fillna(0), capsize=3, label=init)
+    ax.set_xticks(range(len(columns)), columns)
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

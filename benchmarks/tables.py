@@ -1,0 +1,133 @@
+"""`maet table`: comparison tables from run records and from the published numbers, never typed by hand.
+
+A table holds the numbers of one protocol only. For our runs the protocol is the record's
+`protocol` field (the pipeline names its suite, e.g. `synthetic`), else `<task> on <dataset>`:
+runs on other data or with another recipe never share a table. Rows are inits, columns the
+headline metrics (top-1 ft, top-1 lin, APbox, APmask, mIoU) per architecture; several seeds of one
+cell are shown as mean ± std (n). Each metric gets a `Δ sup` column where a supervised row exists.
+Published numbers come from `results/published/*.csv`, one table per file, with their sources.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from .records import read_records
+
+# (task, metric key in the record) -> column title
+HEADLINE = {("finetune", "top1"): "top-1 (ft)", ("linprobe", "top1"): "top-1 (lin)",
+            ("detection", "bbox_AP"): "APbox", ("detection", "segm_AP"): "APmask",
+            ("segmentation", "mIoU"): "mIoU"}
+COLUMN_TASK = {title: task for (task, _), title in HEADLINE.items()}
+INIT_ORDER = ("scratch", "supervised", "mae")
+DEFAULT_PUBLISHED = Path("results") / "published"
+DEFAULT_OUT = Path("results") / "tables"
+
+
+def protocol_of(record: dict) -> str:
+    return record.get("protocol") or f"{record['task']} on {record['dataset']}"
+
+
+def measurements(records: list[dict]) -> pd.DataFrame:
+    """One row per (record, headline metric): protocol, arch, init, column, value, seed, run_id."""
+    rows = [dict(protocol=protocol_of(r), arch=r["arch"], init=r["init"], column=title,
+                 value=float(r["metrics"][key]), seed=r.get("seed"), run_id=r["run_id"])
+            for r in records for (task, key), title in HEADLINE.items()
+            if r["task"] == task and key in r["metrics"]]
+    return pd.DataFrame(rows, columns=["protocol", "arch", "init", "column", "value", "seed", "run_id"])
+
+
+def _init_key(init: pd.Index | pd.Series) -> pd.Index:
+    """scratch, supervised, mae first (the comparison the suite is about), then the rest by name."""
+    return pd.Index([f"{INIT_ORDER.index(i) if i in INIT_ORDER else len(INIT_ORDER)}{i}" for i in init])
+
+
+def _cell(values: pd.Series) -> str:
+    if len(values) == 1:
+        return f"{values.iloc[0]:.2f}"
+    return f"{values.mean():.2f} ± {values.std(ddof=1):.2f} ({len(values)})"
+
+
+def measured_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows = init; columns = '<metric>' (and '<metric> Δ sup') per arch, for one protocol's measurements."""
+    stats = frame.groupby(["init", "arch", "column"])["value"].agg(["mean", "std", "count", _cell])
+    table = {}
+    for (arch, column), group in stats.reset_index().groupby(["arch", "column"], sort=False):
+        group = group.set_index("init")
+        name = column if frame["arch"].nunique() == 1 else f"{column} [{arch}]"
+        table[name] = group["_cell"]
+        if "supervised" in group.index:
+            table[f"{name} Δ sup"] = (group["mean"] - group.loc["supervised", "mean"]).map("{:+.2f}".format)
+    order = [c for title in HEADLINE.values() for c in table if c.split(" [")[0].removesuffix(" Δ sup") == title]
+    out = pd.DataFrame(table)[order].fillna("–")
+    return out.sort_index(key=_init_key).rename_axis("init")
+
+
+def published_tables(folder: str | Path = DEFAULT_PUBLISHED) -> dict[str, pd.DataFrame]:
+    """Protocol -> table (rows = init, columns = metric per arch, and the sources) from each CSV."""
+    tables = {}
+    for path in sorted(Path(folder).glob("*.csv")):
+        frame = pd.read_csv(path, dtype={"value": str})
+        (protocol,) = frame["protocol"].unique()  # one protocol per file (tests/test_published.py)
+        keys = zip(frame["task"], frame["metric"], frame["arch"])
+        frame["column"] = [f"{HEADLINE.get((task, metric), metric)} [{arch}]" for task, metric, arch in keys]
+        table = frame.pivot_table(index="init", columns="column", values="value", aggfunc="first", sort=False)
+        table["source"] = frame.groupby("init", sort=False)["source"].agg(lambda s: "; ".join(dict.fromkeys(s)))
+        tables[protocol] = table.fillna("–").sort_index(key=_init_key)
+        tables[protocol].attrs["name"] = path.stem
+    return tables
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    """A GitHub Markdown table (pandas' own needs the optional `tabulate`)."""
+    head = [table.index.name or "", *map(str, table.columns)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(map(str, [index, *row])) + " |" for index, row in zip(table.index, table.values)]
+    return "\n".join(lines)
+
+
+def slug(protocol: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", protocol.lower()).strip("_")
+
+
+def bar_charts(frame: pd.DataFrame, protocol: str, out: Path) -> list[Path]:
+    """One PNG per task of this protocol: mean (± std where there are seeds) per init and metric."""
+    from .plots import bar_chart
+
+    paths = []
+    for task, group in frame.groupby(frame["column"].map(COLUMN_TASK)):
+        stats = group.groupby(["column", "init"])["value"].agg(["mean", "std"]).reset_index()
+        stats = stats.iloc[_init_key(stats["init"]).argsort(kind="stable")]
+        path = out / f"{slug(protocol)}__{task}.png"
+        paths.append(bar_chart(stats, path, title=f"{protocol}: {task}"))
+    return paths
+
+
+def write_tables(records_dir=None, published=DEFAULT_PUBLISHED, out=DEFAULT_OUT, plots: bool = True) -> str:
+    """Write every table as Markdown + CSV (and the bar charts) under `out`; return the Markdown report."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    frame = measurements(read_records(records_dir))
+    sections = []
+    for protocol, group in frame.groupby("protocol", sort=True):
+        table = measured_table(group)
+        runs = group["run_id"].nunique()
+        seeds = sorted({int(s) for s in group["seed"].dropna()})
+        text = f"## {protocol} (measured)\n\n{to_markdown(table)}\n\nFrom {runs} run records; seeds {seeds}."
+        table.to_csv(out / f"{slug(protocol)}.csv")
+        (out / f"{slug(protocol)}.md").write_text(text + "\n")
+        if plots:
+            bar_charts(group, protocol, out)
+        sections.append(text)
+    for protocol, table in published_tables(published).items():
+        text = f"## {protocol} (published)\n\n{to_markdown(table)}"
+        table.to_csv(out / f"published__{table.attrs['name']}.csv")
+        (out / f"published__{table.attrs['name']}.md").write_text(text + "\n")
+        sections.append(text)
+    report = "\n\n".join(sections) + "\n"
+    (out / "README.md").write_text("# Comparison tables\n\nWritten by `maet table` from `results/runs/*.jsonl` "
+                                   f"and `{published}/*.csv`; do not edit by hand.\n\n" + report)
+    return report

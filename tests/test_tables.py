@@ -1,0 +1,80 @@
+"""Comparison tables: computed from run records (mean ± std over seeds, Δ to supervised), one protocol each."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from benchmarks.cli import main
+from benchmarks.records import append_record, make_record, read_records
+from benchmarks.tables import measured_table, measurements, published_tables, write_tables
+
+PUBLISHED = Path(__file__).resolve().parents[1] / "results" / "published"
+ARCH = "vit_tiny_patch8"
+
+
+def record(task, init, metrics, seed=0, protocol="synthetic", dataset="synthetic"):
+    return make_record(task=task, dataset=dataset, init=init, arch=ARCH, metrics=metrics, config={}, seed=seed,
+                       git_commit="0" * 40, versions={}, protocol=protocol)
+
+
+@pytest.fixture
+def runs(tmp_path):
+    folder = tmp_path / "runs"
+    for seed, (mae, sup) in enumerate([(70.0, 60.0), (74.0, 62.0)]):
+        append_record(record("finetune", "mae", {"top1": mae, "top5": 99.0}, seed), folder)
+        append_record(record("finetune", "supervised", {"top1": sup}, seed), folder)
+    append_record(record("finetune", "scratch", {"top1": 40.0}), folder)
+    append_record(record("detection", "mae", {"bbox_AP": 30.0, "segm_AP": 25.0, "bbox": {"AP50": 50.0}}), folder)
+    append_record(record("segmentation", "mae", {"mIoU": 55.5, "mAcc": 60.0}), folder)
+    # Another protocol: must land in a table of its own.
+    append_record(record("finetune", "mae", {"top1": 10.0}, protocol=None, dataset="other"), folder)
+    return folder
+
+
+def test_seeds_become_mean_and_std_and_delta_to_supervised(runs):
+    frame = measurements(read_records(runs))
+    table = measured_table(frame[frame["protocol"] == "synthetic"])
+    mean, std = statistics.mean([70.0, 74.0]), statistics.stdev([70.0, 74.0])
+    assert table.loc["mae", "top-1 (ft)"] == f"{mean:.2f} ± {std:.2f} (2)"
+    assert table.loc["mae", "top-1 (ft) Δ sup"] == f"{mean - statistics.mean([60.0, 62.0]):+.2f}"
+    assert table.loc["scratch", "top-1 (ft)"] == "40.00"
+    assert table.loc["mae", "APbox"] == "30.00" and table.loc["mae", "APmask"] == "25.00"
+    assert table.loc["mae", "mIoU"] == "55.50" and table.loc["scratch", "mIoU"] == "–"
+    assert list(table.index) == ["scratch", "supervised", "mae"]
+    assert [c for c in table.columns if "Δ" not in c] == ["top-1 (ft)", "APbox", "APmask", "mIoU"]
+    assert "top-1 (lin)" not in table.columns  # no linear-probe record: no empty column
+
+
+def test_protocols_never_share_a_table(runs, tmp_path):
+    out = tmp_path / "tables"
+    report = write_tables(runs, published=PUBLISHED, out=out, plots=True)
+    assert "## synthetic (measured)" in report and "## finetune on other (measured)" in report
+    other = pd.read_csv(out / "finetune_on_other.csv", index_col="init")
+    assert other.loc["mae", "top-1 (ft)"] == 10.0 and len(other) == 1
+    synthetic = pd.read_csv(out / "synthetic.csv", index_col="init")
+    assert "10.00" not in synthetic.to_string()
+    assert {p.name for p in out.glob("synthetic__*.png")} == {
+        "synthetic__finetune.png", "synthetic__detection.png", "synthetic__segmentation.png"}
+    assert (out / "published__coco_vitdet_mask_rcnn.md").is_file()
+
+
+def test_published_tables_keep_sources_and_numbers_as_written():
+    tables = published_tables(PUBLISHED)
+    ade = tables["ADE20K UperNet 512px 160k single-scale"]
+    assert ade.loc["mae", "mIoU [ViT-L/16]"] == "53.6"
+    assert ade.loc["mae (mmseg re-run)", "mIoU [ViT-B/16]"] == "48.13"
+    assert ade.loc["mae (mmseg re-run)", "source"].startswith("S ")
+    lin = tables["IN-1K linear probe (BN without affine + LARS)"]
+    assert "top-1 (lin) [ViT-H/14]" in lin.columns  # top-1 of a probe is not titled as a fine-tune
+
+
+def test_maet_table_writes_markdown_and_csv(runs, tmp_path, capsys):
+    out = tmp_path / "t"
+    assert main(["table", "--results-dir", str(runs), "--published", str(PUBLISHED), "--out", str(out),
+                 "--no-plots"]) == 0
+    assert "| mae |" in capsys.readouterr().out
+    assert (out / "synthetic.md").is_file() and not list(out.glob("*.png"))
