@@ -22,6 +22,9 @@ def _record_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--init-name", default=None,
                    help="init label in the record: mae | supervised | scratch | a name "
                         "(default: 'scratch', else the checkpoint's file name)")
+    g.add_argument("--protocol", default=None,
+                   help="protocol label in the record: runs of one protocol share a comparison table "
+                        "(default: '<task> on <dataset>'; `maet pipeline` sets its config's name)")
 
 
 def _dataset_name(args, data_path: str) -> str:
@@ -33,6 +36,8 @@ def _init_name(args, init: str) -> str:
 
 
 def _write(args, record: dict) -> dict:
+    if getattr(args, "protocol", None):
+        record["protocol"] = args.protocol
     path = append_record(record, args.results_dir)
     print(f"run record {record['run_id']} -> {path}")
     return record

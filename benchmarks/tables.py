@@ -4,7 +4,8 @@ A table holds the numbers of one protocol only. For our runs the protocol is the
 `protocol` field (the pipeline names its suite, e.g. `synthetic`), else `<task> on <dataset>`:
 runs on other data or with another recipe never share a table. Rows are inits, columns the
 headline metrics (top-1 ft, top-1 lin, APbox, APmask, mIoU) per architecture; several seeds of one
-cell are shown as mean ± std (n). Each metric gets a `Δ sup` column where a supervised row exists.
+cell are shown as mean ± std (n), and of several records of one seed only the latest counts. Each
+metric gets a `Δ sup` column where a supervised row exists.
 Published numbers come from `results/published/*.csv`, one table per file, with their sources.
 """
 
@@ -31,8 +32,15 @@ def protocol_of(record: dict) -> str:
     return record.get("protocol") or f"{record['task']} on {record['dataset']}"
 
 
+def latest_per_seed(records: list[dict]) -> list[dict]:
+    """Keep the last record of each (protocol, task, dataset, init, arch, seed): a re-run replaces, seeds add up."""
+    latest = {(protocol_of(r), r["task"], r["dataset"], r["init"], r["arch"], r.get("seed")): r for r in records}
+    return list(latest.values())
+
+
 def measurements(records: list[dict]) -> pd.DataFrame:
     """One row per (record, headline metric): protocol, arch, init, column, value, seed, run_id."""
+    records = latest_per_seed(records)
     rows = [dict(protocol=protocol_of(r), arch=r["arch"], init=r["init"], column=title,
                  value=float(r["metrics"][key]), seed=r.get("seed"), run_id=r["run_id"])
             for r in records for (task, key), title in HEADLINE.items()

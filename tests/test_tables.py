@@ -78,3 +78,11 @@ def test_maet_table_writes_markdown_and_csv(runs, tmp_path, capsys):
                  "--no-plots"]) == 0
     assert "| mae |" in capsys.readouterr().out
     assert (out / "synthetic.md").is_file() and not list(out.glob("*.png"))
+
+
+def test_a_rerun_of_one_seed_replaces_it(tmp_path):
+    folder = tmp_path / "runs"
+    for value in (50.0, 60.0):  # the same seed twice: the second run replaces the first
+        append_record(record("finetune", "mae", {"top1": value}, seed=3), folder)
+    table = measured_table(measurements(read_records(folder)))
+    assert table.loc["mae", "top-1 (ft)"] == "60.00"
