@@ -125,6 +125,13 @@ def _cmd_convert(args) -> None:
         print(f"load with timm.models.vision_transformer.VisionTransformer({args})")
 
 
+def _cmd_pipeline(args) -> None:
+    from .pipeline import run_pipeline
+
+    split = lambda v: [p for p in (v or "").split(",") if p]
+    run_pipeline(args.config, only=split(args.only), skip=split(args.skip), tables=args.tables, dry_run=args.dry_run)
+
+
 def _cmd_table(args) -> None:
     from .tables import write_tables
 
@@ -173,6 +180,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-train", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("pipeline", help="pretrain -> finetune / linprobe / detection / segmentation for each init, "
+                                        "cached by content; tables at the end")
+    p.add_argument("--config", required=True, help="pipeline YAML (shipped: pipelines/*.yaml)")
+    p.add_argument("--only", default=None, help="comma-separated stages to run: a task, an init, a stage name or glob")
+    p.add_argument("--skip", default=None, help="comma-separated stages to leave out (same patterns as --only)")
+    p.add_argument("--tables", action=argparse.BooleanOptionalAction, default=True, help="write and print the tables")
+    p.add_argument("--dry-run", action="store_true", help="list the stages, their state and commands; run nothing")
+    p.set_defaults(func=_cmd_pipeline)
 
     p = sub.add_parser("table", help="comparison tables from run records and published numbers")
     p.add_argument("--results-dir", default=None, help="run records (default: $MAET_RESULTS_DIR, else results/runs)")

@@ -1,0 +1,288 @@
+"""`maet pipeline --config pipelines/<name>.yaml`: pretrain -> {finetune, linprobe, detection, segmentation} x inits.
+
+Every stage is one `maet` command run in a subprocess, exactly what a user would type (its own
+progress bars, logs and run record), in a folder named by the stage's content key: a hash of its
+command line and of the checkpoints it starts from. A finished stage leaves `stage.json` there, so
+a second run skips it; a killed stage leaves its engine's resumable checkpoint, so running the
+pipeline again resumes it. Changing a recipe value or an input checkpoint changes the key: a new
+run, never a stale one.
+
+The config (see pipelines/synthetic.yaml) names the data (generated, or real roots), the MAE
+pretraining (or a given checkpoint), the supervised baseline (classification from scratch on the
+pretraining data), the inits to compare, each task's flags, and the seeds of the downstream runs.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from mae_core.checkpoints import sha256_file
+from mae_core.errors import DatasetLayoutError, MAETransferError
+
+TASKS = ("finetune", "linprobe", "detection", "segmentation")
+BUILTIN_INITS = ("mae", "supervised", "scratch")
+STAGE_DONE = "stage.json"
+# What each task's command is, the data root it reads, and the flag that names it.
+COMMANDS = {"pretrain": (["pretrain"], "pretrain", "--data-path"),
+            "supervised": (["finetune"], "pretrain", "--data-path"),
+            "finetune": (["finetune"], "imagenet", "--data-path"),
+            "linprobe": (["linprobe"], "imagenet", "--data-path"),
+            "detection": (["detect", "train"], "coco", "--data-root"),
+            "segmentation": (["segment", "train"], "ade20k", "--data-root")}
+PRODUCES = {"pretrain": "mae_pretrain.pth", "supervised": "finetuned.pth"}  # checkpoints later stages start from
+LAYOUT_OF = {"pretrain": "imagenet", "imagenet": "imagenet", "coco": "coco", "ade20k": "ade20k"}
+
+
+class PipelineError(MAETransferError):
+    """A pipeline config or stage that cannot run as asked."""
+
+
+@dataclass
+class Stage:
+    name: str  # e.g. "finetune/mae/seed0"
+    task: str  # a key of COMMANDS
+    argv: list[str]  # the maet command's flags, without --output-dir (it holds the key)
+    inputs: list[str] = field(default_factory=list)  # names of the stages whose checkpoints it reads
+    key: str = ""
+    folder: Path | None = None
+
+    @property
+    def done(self) -> bool:
+        return (self.folder / STAGE_DONE).is_file()
+
+    @property
+    def checkpoint(self) -> Path | None:
+        return self.folder / PRODUCES[self.task] if self.task in PRODUCES else None
+
+
+def flags(options: dict) -> list[str]:
+    """A dict of options as maet flags: `blr: 1e-3` -> `--blr 1e-3`; bools -> --x / --no-x; dicts -> JSON.
+
+    `opts` (a list) is passed through last, as the key=value overrides of `maet detect/segment`.
+    """
+    argv = []
+    for key, value in options.items():
+        if key == "opts":
+            continue
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            argv.append(flag if value else "--no-" + key.replace("_", "-"))
+        elif isinstance(value, dict):
+            argv += [flag, json.dumps(value, sort_keys=True)]
+        elif value is not None:
+            argv += [flag, str(value)]
+    return argv + [str(o) for o in options.get("opts", [])]
+
+
+def load_config(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"pipeline config {path} does not exist; the shipped ones are in pipelines/")
+    cfg = yaml.safe_load(path.read_text()) or {}
+    unknown = set(cfg) - {"name", "description", "output_dir", "results_dir", "seeds", "data", "pretrain",
+                          "supervised", "inits", *TASKS}
+    if unknown:
+        raise PipelineError(f"{path}: unknown keys {sorted(unknown)}")
+    for required in ("name", "data", "inits"):
+        if required not in cfg:
+            raise PipelineError(f"{path}: the config needs '{required}'")
+    cfg.setdefault("output_dir", f"output/pipelines/{cfg['name']}")
+    cfg.setdefault("seeds", [0])
+    return cfg
+
+
+def inits_of(cfg: dict) -> dict[str, str]:
+    """Init name -> 'mae' | 'supervised' | 'scratch' | a checkpoint path (published files)."""
+    inits = {}
+    for item in cfg["inits"]:
+        if isinstance(item, str) and item in BUILTIN_INITS:
+            inits[item] = item
+        elif isinstance(item, dict) and len(item) == 1:
+            (name, path), = item.items()
+            inits[str(name)] = str(path)
+        else:
+            raise PipelineError(f"inits: {item!r} is neither one of {BUILTIN_INITS} nor {{name: checkpoint path}}")
+    return inits
+
+
+def data_roots(cfg: dict, out: Path) -> dict[str, Path]:
+    """The roots per layout: generated under the output folder, or the real ones (checked to exist)."""
+    data = cfg["data"]
+    if "generate" in data:
+        gen = data["generate"]
+        key = content_key({"generate": gen})[:10]
+        base = out / f"data-{key}"
+        return {"pretrain": base / "pretrain" / "imagenet", "imagenet": base / "downstream" / "imagenet",
+                "coco": base / "downstream" / "coco", "ade20k": base / "downstream" / "ade20k"}
+    return {name: Path(data[name]) for name in LAYOUT_OF if name in data}
+
+
+def content_key(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def plan(cfg: dict, roots: dict[str, Path], out: Path) -> list[Stage]:
+    """Every stage in run order, with its command, inputs, content key and folder."""
+    stages: dict[str, Stage] = {}
+    results = ["--results-dir", str(Path(cfg.get("results_dir") or "results/runs").resolve())]
+    record = [*results, "--protocol", cfg["name"]]
+    inits = inits_of(cfg)
+    needs_pretrain = "mae" in inits and "checkpoint" not in (cfg.get("pretrain") or {})
+    if needs_pretrain:
+        stages["pretrain"] = _stage("pretrain", "pretrain", roots, cfg["pretrain"], [])
+    if "supervised" in inits:
+        sup = {"init": "scratch", **(cfg.get("supervised") or {})}
+        # Its own top-1 is on the pretraining data: a protocol of its own, never in the downstream table.
+        stages["supervised"] = _stage("supervised", "supervised", roots, sup,
+                                      [*results, "--protocol", f"{cfg['name']}: supervised pretraining"])
+    for task in TASKS:
+        if task not in cfg:
+            continue
+        for init, source in inits.items():
+            for seed in cfg["seeds"]:
+                name = f"{task}/{init}/seed{seed}"
+                ckpt, inputs = _init_checkpoint(cfg, stages, init, source)
+                options = {**cfg[task], "seed": seed, "init": ckpt}
+                stages[name] = _stage(name, task, roots, options, record + ["--init-name", init], inputs)
+    for stage in stages.values():  # keys after all stages exist: an input's key enters its users' keys
+        inputs = {i: stages[i].key for i in stage.inputs}
+        files = {p: sha256_file(p) for p in _user_files(stage.argv)}
+        stage.key = content_key({"argv": stage.argv, "inputs": inputs, "files": files})
+        stage.folder = out / f"{stage.name.replace('/', '-')}-{stage.key[:10]}"
+    return list(stages.values())
+
+
+def _stage(name, task, roots, options, extra, inputs=()) -> Stage:
+    _, root, flag = COMMANDS[task]  # flags(options) last: it ends with the key=value overrides
+    return Stage(name=name, task=task, argv=[flag, str(roots[root]), *extra, *flags(options)], inputs=list(inputs))
+
+
+def _init_checkpoint(cfg, stages, init, source) -> tuple[str, list[str]]:
+    if source == "scratch":
+        return "scratch", []
+    if source == "mae" and "checkpoint" in (cfg.get("pretrain") or {}):
+        return str(cfg["pretrain"]["checkpoint"]), []
+    if source in ("mae", "supervised"):
+        stage = "pretrain" if source == "mae" else "supervised"
+        return f"@{stage}", [stage]  # resolved to the stage's checkpoint once its folder is known
+    return source, []
+
+
+def _user_files(argv: list[str]) -> list[str]:
+    """Checkpoint files a command reads that no stage produced (published weights): their hash enters the key."""
+    return [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--init" and Path(argv[i + 1]).is_file()]
+
+
+def resolve(stage: Stage, stages: dict[str, Stage]) -> list[str]:
+    """The full maet command: `@stage` inputs replaced by that stage's checkpoint, the output folder added."""
+    argv = [str(stages[a[1:]].checkpoint) if a.startswith("@") else a for a in stage.argv]
+    return [*COMMANDS[stage.task][0], "--output-dir", str(stage.folder), *argv]
+
+
+def select(stages: list[Stage], only: list[str], skip: list[str]) -> list[Stage]:
+    """`--only` / `--skip` patterns: a task (`finetune`), an init (`mae`), a stage name, or a glob of one."""
+    def matches(stage: Stage, pattern: str) -> bool:
+        return fnmatch.fnmatch(stage.name, pattern) or pattern in stage.name.split("/")
+
+    chosen = [s for s in stages if (not only or any(matches(s, p) for p in only))
+              and not any(matches(s, p) for p in skip)]
+    names = {s.name for s in chosen}
+    by_name = {s.name: s for s in stages}
+    for stage in chosen:
+        for need in stage.inputs:
+            if need not in names and not by_name[need].done:
+                raise PipelineError(f"stage {stage.name} starts from the checkpoint of stage {need}, which has not "
+                                    f"run: select it too (or drop it from --skip)")
+    return chosen
+
+
+def check_roots(cfg: dict, roots: dict[str, Path], stages: list[Stage]) -> None:
+    """Refuse before any work when a real data root a selected stage reads is absent."""
+    if "generate" in cfg["data"]:
+        return
+    needed = {COMMANDS[s.task][1] for s in stages}
+    missing = [f"data.{name}: {roots.get(name, '(not set)')}" for name in sorted(needed)
+               if name not in roots or not roots[name].is_dir()]
+    if missing:
+        raise DatasetLayoutError(
+            f"pipeline '{cfg['name']}' reads data that is not here: {'; '.join(missing)}. Point these keys of the "
+            "config at the dataset roots (ImageNet train/ val/ folders, the COCO root with annotations/, the "
+            "folder holding ADEChallengeData2016/), or run a subset with --only/--skip.")
+
+
+def generate_data(cfg: dict, roots: dict[str, Path]) -> None:
+    from mae_core.data import write_synthetic
+
+    gen = cfg["data"]["generate"]
+    for part in ("pretrain", "downstream"):
+        base = roots["pretrain" if part == "pretrain" else "imagenet"].parent
+        if (base / ".complete").is_file():
+            continue
+        options = dict(gen[part])
+        print(f"[data] writing the generated {part} set to {base}", flush=True)
+        write_synthetic(base, overwrite=True, **options)
+        (base / ".complete").write_text(json.dumps(options))
+
+
+def run_stage(stage: Stage, stages: dict[str, Stage], position: str) -> None:
+    if stage.done:
+        print(f"[{position}] {stage.name}: done earlier ({stage.folder}), skipped", flush=True)
+        return
+    argv = resolve(stage, stages)
+    print(f"[{position}] {stage.name}: maet {' '.join(argv)}", flush=True)
+    t0 = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "benchmarks.cli", *argv], env=os.environ.copy())
+    if result.returncode != 0:
+        raise PipelineError(f"stage {stage.name} failed (exit {result.returncode}); its files are in {stage.folder}. "
+                            "Fix the cause and run the pipeline again: finished stages are skipped and this one "
+                            "resumes from its last checkpoint.")
+    done = {"name": stage.name, "key": stage.key, "argv": argv, "duration_s": round(time.perf_counter() - t0, 1),
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    if stage.checkpoint is not None:
+        done["checkpoint"] = {"path": str(stage.checkpoint), "sha256": sha256_file(stage.checkpoint)}
+    tmp = stage.folder / (STAGE_DONE + ".tmp")
+    tmp.write_text(json.dumps(done, indent=2))
+    os.replace(tmp, stage.folder / STAGE_DONE)
+    print(f"[{position}] {stage.name}: finished in {done['duration_s']:.0f} s", flush=True)
+
+
+def run_pipeline(config: str | Path, only: list[str] = (), skip: list[str] = (), tables: bool = True,
+                 dry_run: bool = False) -> list[Stage]:
+    cfg = load_config(config)
+    out = Path(cfg["output_dir"])
+    roots = data_roots(cfg, out)
+    stages = plan(cfg, roots, out)
+    chosen = select(stages, list(only), list(skip))
+    check_roots(cfg, roots, chosen)
+    if dry_run:
+        for s in chosen:
+            print(f"{s.name:32s} {'done' if s.done else 'to run':7s} maet {' '.join(resolve(s, _by_name(stages)))}")
+        return chosen
+    t0 = time.perf_counter()
+    if "generate" in cfg["data"]:
+        generate_data(cfg, roots)
+    for i, stage in enumerate(chosen, 1):
+        stage.folder.mkdir(parents=True, exist_ok=True)
+        run_stage(stage, _by_name(stages), f"{i}/{len(chosen)}")
+    print(f"pipeline '{cfg['name']}': {len(chosen)} stages in {time.perf_counter() - t0:.0f} s", flush=True)
+    if tables:
+        from .tables import write_tables
+
+        report = write_tables(cfg.get("results_dir"))
+        section = report.split(f"## {cfg['name']} (measured)")
+        print(f"## {cfg['name']} (measured)" + section[1].split("\n## ")[0] if len(section) > 1 else report)
+    return chosen
+
+
+def _by_name(stages: list[Stage]) -> dict[str, Stage]:
+    return {s.name: s for s in stages}

@@ -1,0 +1,132 @@
+"""`maet pipeline`: stages planned from a config, cached by content key, selected, resumed, refused clearly."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from benchmarks.pipeline import PipelineError, data_roots, load_config, plan, run_pipeline, select
+from benchmarks.records import read_records
+from mae_core.errors import DatasetLayoutError
+
+from .conftest import TINY_IMG, TINY_MODEL
+from .helpers import maet, one_thread_env
+
+ENCODER = dict(model="vit_tiny_patch16", model_kwargs={k: v for k, v in TINY_MODEL["model_kwargs"].items()
+                                                        if not k.startswith("decoder_")})
+COMMON = dict(img_size=TINY_IMG, batch_size=8, num_workers=0, progress=False, **ENCODER)
+
+
+def config(tmp_path, **changes) -> dict:
+    cfg = {
+        "name": "tiny-test",
+        "output_dir": str(tmp_path / "out"),
+        "results_dir": str(tmp_path / "runs"),
+        "seeds": [0],
+        "data": {"generate": {
+            "pretrain": {"seed": 1, "num_train": 48, "num_val": 12, "img_size": TINY_IMG, "layouts": ["imagenet"]},
+            "downstream": {"seed": 2, "num_train": 24, "num_val": 12, "img_size": TINY_IMG,
+                           "layouts": ["imagenet"]}}},
+        "pretrain": dict(TINY_MODEL, img_size=TINY_IMG, epochs=1, warmup_epochs=0, batch_size=16, num_workers=0,
+                         progress=False),
+        "supervised": dict(COMMON, epochs=1, warmup_epochs=0),
+        "inits": ["mae", "supervised", "scratch"],
+        "finetune": dict(COMMON, epochs=1, warmup_epochs=0),
+        "linprobe": dict(COMMON, epochs=1, warmup_epochs=0),
+    }
+    cfg.update(changes)
+    return cfg
+
+
+def write(tmp_path, cfg, name="tiny.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def stage_states(path) -> dict[str, bool]:
+    cfg = load_config(path)
+    out = Path(cfg["output_dir"])
+    return {s.name: s.done for s in plan(cfg, data_roots(cfg, out), out)}
+
+
+def test_plan_orders_stages_and_keys_follow_their_inputs(tmp_path):
+    cfg = config(tmp_path)
+    out = Path(cfg["output_dir"])
+    stages = plan(cfg, data_roots(cfg, out), out)
+    assert [s.name for s in stages] == [
+        "pretrain", "supervised",
+        "finetune/mae/seed0", "finetune/supervised/seed0", "finetune/scratch/seed0",
+        "linprobe/mae/seed0", "linprobe/supervised/seed0", "linprobe/scratch/seed0"]
+    by_name = {s.name: s for s in stages}
+    assert by_name["finetune/mae/seed0"].inputs == ["pretrain"]
+    assert by_name["finetune/scratch/seed0"].inputs == []
+    # A pretraining recipe change re-keys pretraining and everything that starts from it, nothing else.
+    changed = config(tmp_path, pretrain=dict(cfg["pretrain"], epochs=2))
+    again = {s.name: s.key for s in plan(changed, data_roots(changed, out), out)}
+    assert again["pretrain"] != by_name["pretrain"].key
+    assert again["finetune/mae/seed0"] != by_name["finetune/mae/seed0"].key
+    assert again["finetune/scratch/seed0"] == by_name["finetune/scratch/seed0"].key
+    assert again["linprobe/supervised/seed0"] == by_name["linprobe/supervised/seed0"].key
+
+
+def test_selection_needs_the_inputs_of_what_it_selects(tmp_path):
+    cfg = config(tmp_path)
+    out = Path(cfg["output_dir"])
+    stages = plan(cfg, data_roots(cfg, out), out)
+    assert [s.name for s in select(stages, ["scratch"], [])] == ["finetune/scratch/seed0", "linprobe/scratch/seed0"]
+    assert {s.name for s in select(stages, [], ["linprobe", "finetune"])} == {"pretrain", "supervised"}
+    with pytest.raises(PipelineError, match="starts from the checkpoint of stage pretrain"):
+        select(stages, ["finetune/mae/*"], [])
+
+
+def test_real_roots_that_are_absent_are_refused_before_any_work(tmp_path):
+    cfg = config(tmp_path, data={"pretrain": str(tmp_path / "no-imagenet"), "imagenet": str(tmp_path / "no-in")})
+    with pytest.raises(DatasetLayoutError, match=r"data.imagenet: .*no-in.*data.pretrain"):
+        run_pipeline(write(tmp_path, cfg))
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_config_keys_are_refused(tmp_path):
+    with pytest.raises(PipelineError, match="unknown keys.*'finetuning'"):
+        load_config(write(tmp_path, config(tmp_path, finetuning={})))
+
+
+@pytest.mark.slow
+def test_pipeline_runs_caches_and_reruns_only_what_changed(tmp_path):
+    path = write(tmp_path, config(tmp_path))
+    first = subprocess.run(maet("pipeline", "--config", str(path)), env=one_thread_env(), capture_output=True,
+                           text=True, timeout=600)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert all(stage_states(path).values())
+    records = read_records(tmp_path / "runs")
+    downstream = [r for r in records if r["protocol"] == "tiny-test"]
+    assert sorted((r["task"], r["init"]) for r in downstream) == sorted(
+        (t, i) for t in ("finetune", "linprobe") for i in ("mae", "supervised", "scratch"))
+    assert "| mae |" in first.stdout and "## tiny-test (measured)" in first.stdout
+
+    # Nothing changed: every stage is skipped and no record is added.
+    second = subprocess.run(maet("pipeline", "--config", str(path)), env=one_thread_env(), capture_output=True,
+                            text=True, timeout=600)
+    assert second.returncode == 0 and second.stdout.count("skipped") == 8
+    assert len(read_records(tmp_path / "runs")) == len(records)
+
+    # A stage that did not finish (no stage.json) runs again, and only it.
+    stage = next((tmp_path / "out").glob("finetune-scratch-seed0-*"))
+    (stage / "stage.json").unlink()
+    third = subprocess.run(maet("pipeline", "--config", str(path), "--no-tables"), env=one_thread_env(),
+                           capture_output=True, text=True, timeout=600)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert third.stdout.count("skipped") == 7 and all(stage_states(path).values())
+    assert json.loads((stage / "stage.json").read_text())["name"] == "finetune/scratch/seed0"
+
+    # A recipe change leaves the stages it touches to run, and only those.
+    cfg = yaml.safe_load(path.read_text())
+    cfg["linprobe"]["blr"] = 0.2
+    path.write_text(yaml.safe_dump(cfg))
+    assert {name for name, done in stage_states(path).items() if not done} == {
+        "linprobe/mae/seed0", "linprobe/supervised/seed0", "linprobe/scratch/seed0"}
