@@ -18,6 +18,7 @@ import fnmatch
 import hashlib
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -89,7 +90,7 @@ def load_config(path: str | Path) -> dict:
     if not path.is_file():
         raise PipelineError(f"pipeline config {path} does not exist; the shipped ones are in pipelines/")
     cfg = yaml.safe_load(path.read_text()) or {}
-    unknown = set(cfg) - {"name", "description", "output_dir", "results_dir", "seeds", "data", "pretrain",
+    unknown = set(cfg) - {"name", "description", "output_dir", "results_dir", "seeds", "launcher", "data", "pretrain",
                           "supervised", "inits", *TASKS}
     if unknown:
         raise PipelineError(f"{path}: unknown keys {sorted(unknown)}")
@@ -234,14 +235,22 @@ def generate_data(cfg: dict, roots: dict[str, Path]) -> None:
         (base / ".complete").write_text(json.dumps(options))
 
 
-def run_stage(stage: Stage, stages: dict[str, Stage], position: str) -> None:
+def launch_command(stage: Stage, launcher: str | None) -> list[str]:
+    """How a stage's process starts: plain Python, or the config's `launcher` (e.g. `torchrun --nproc_per_node 8`)
+    for the torchrun-based engines. detectron2 starts its own processes (`num_processes` in `detection`)."""
+    if launcher and stage.task != "detection":
+        return [*shlex.split(launcher), "-m", "benchmarks.cli"]
+    return [sys.executable, "-m", "benchmarks.cli"]
+
+
+def run_stage(stage: Stage, stages: dict[str, Stage], position: str, launcher: str | None = None) -> None:
     if stage.done:
         print(f"[{position}] {stage.name}: done earlier ({stage.folder}), skipped", flush=True)
         return
     argv = resolve(stage, stages)
-    print(f"[{position}] {stage.name}: maet {' '.join(argv)}", flush=True)
+    print(f"[{position}] {stage.name}: maet {shlex.join(argv)}", flush=True)
     t0 = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "benchmarks.cli", *argv], env=os.environ.copy())
+    result = subprocess.run([*launch_command(stage, launcher), *argv], env=os.environ.copy())
     if result.returncode != 0:
         raise PipelineError(f"stage {stage.name} failed (exit {result.returncode}); its files are in {stage.folder}. "
                             "Fix the cause and run the pipeline again: finished stages are skipped and this one "
@@ -263,17 +272,21 @@ def run_pipeline(config: str | Path, only: list[str] = (), skip: list[str] = (),
     roots = data_roots(cfg, out)
     stages = plan(cfg, roots, out)
     chosen = select(stages, list(only), list(skip))
-    check_roots(cfg, roots, chosen)
     if dry_run:
+        try:
+            check_roots(cfg, roots, chosen)
+        except DatasetLayoutError as e:
+            print(f"note: {e}")
         for s in chosen:
-            print(f"{s.name:32s} {'done' if s.done else 'to run':7s} maet {' '.join(resolve(s, _by_name(stages)))}")
+            print(f"{s.name:32s} {'done' if s.done else 'to run':7s} maet {shlex.join(resolve(s, _by_name(stages)))}")
         return chosen
+    check_roots(cfg, roots, chosen)
     t0 = time.perf_counter()
     if "generate" in cfg["data"]:
         generate_data(cfg, roots)
     for i, stage in enumerate(chosen, 1):
         stage.folder.mkdir(parents=True, exist_ok=True)
-        run_stage(stage, _by_name(stages), f"{i}/{len(chosen)}")
+        run_stage(stage, _by_name(stages), f"{i}/{len(chosen)}", cfg.get("launcher"))
     print(f"pipeline '{cfg['name']}': {len(chosen)} stages in {time.perf_counter() - t0:.0f} s", flush=True)
     if tables:
         from .tables import write_tables

@@ -130,3 +130,14 @@ def test_pipeline_runs_caches_and_reruns_only_what_changed(tmp_path):
     path.write_text(yaml.safe_dump(cfg))
     assert {name for name, done in stage_states(path).items() if not done} == {
         "linprobe/mae/seed0", "linprobe/supervised/seed0", "linprobe/scratch/seed0"}
+
+
+@pytest.mark.parametrize("name", ["published_vit_b", "published_vit_l"])
+def test_shipped_published_configs_plan_and_refuse_without_data(name, tmp_path):
+    path = Path(__file__).resolve().parents[1] / "pipelines" / f"{name}.yaml"
+    cfg = load_config(path)
+    stages = {s.name: s for s in plan(cfg, data_roots(cfg, tmp_path), tmp_path)}
+    assert {"pretrain", "supervised", "finetune/mae/seed0", "linprobe/scratch/seed0"} <= set(stages)
+    assert {"b": "mae_vit_base_patch16", "l": "mae_vit_large_patch16"}[name[-1]] in stages["pretrain"].argv
+    with pytest.raises(DatasetLayoutError, match="reads data that is not here"):
+        run_pipeline(path)
