@@ -3,6 +3,7 @@
     nox -s tests        the test suite (what CI runs)
     nox -s lint         ruff
     nox -s demo         the end-to-end CPU demo
+    nox -s regression   the synthetic pipeline with fixed seeds against results/baselines/ (-- --update rewrites it)
     nox -s bench        the performance benchmarks
 """
 
@@ -33,6 +34,12 @@ def lint(session: nox.Session) -> None:
 def demo(session: nox.Session) -> None:
     _setup(session)
     session.run(".venv/bin/maet", "demo", *session.posargs, external=True)
+
+
+@nox.session
+def regression(session: nox.Session) -> None:
+    _setup(session)
+    session.run(".venv/bin/maet", "regression", *session.posargs, external=True)
 
 
 @nox.session

@@ -132,6 +132,12 @@ def _cmd_pipeline(args) -> None:
     run_pipeline(args.config, only=split(args.only), skip=split(args.skip), tables=args.tables, dry_run=args.dry_run)
 
 
+def _cmd_regression(args) -> None:
+    from .regression import run_regression
+
+    run_regression(args.config, args.baseline, update=args.update, work_dir=args.work_dir)
+
+
 def _cmd_table(args) -> None:
     from .tables import write_tables
 
@@ -189,6 +195,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tables", action=argparse.BooleanOptionalAction, default=True, help="write and print the tables")
     p.add_argument("--dry-run", action="store_true", help="list the stages, their state and commands; run nothing")
     p.set_defaults(func=_cmd_pipeline)
+
+    p = sub.add_parser("regression", help="run a pipeline with fixed seeds and compare with committed metrics")
+    p.add_argument("--config", default="pipelines/synthetic.yaml")
+    p.add_argument("--baseline", default="results/baselines/synthetic.json")
+    p.add_argument("--update", action="store_true", help="rewrite the baseline from this run")
+    p.add_argument("--work-dir", default=None, help="keep the run here (default: a temporary folder)")
+    p.set_defaults(func=_cmd_regression)
 
     p = sub.add_parser("table", help="comparison tables from run records and published numbers")
     p.add_argument("--results-dir", default=None, help="run records (default: $MAET_RESULTS_DIR, else results/runs)")
