@@ -90,7 +90,8 @@ def load_config(path: str | Path) -> dict:
     if not path.is_file():
         raise PipelineError(f"pipeline config {path} does not exist; the shipped ones are in pipelines/")
     cfg = yaml.safe_load(path.read_text()) or {}
-    unknown = set(cfg) - {"name", "description", "output_dir", "results_dir", "seeds", "launcher", "data", "pretrain",
+    unknown = set(cfg) - {"name", "description", "output_dir", "results_dir", "tables_dir", "seeds", "launcher", "data",
+                          "pretrain",
                           "supervised", "inits", *TASKS}
     if unknown:
         raise PipelineError(f"{path}: unknown keys {sorted(unknown)}")
@@ -291,7 +292,7 @@ def run_pipeline(config: str | Path, only: list[str] = (), skip: list[str] = (),
     if tables:
         from .tables import write_tables
 
-        report = write_tables(cfg.get("results_dir"))
+        report = write_tables(cfg.get("results_dir"), out=cfg.get("tables_dir") or "results/tables")
         section = report.split(f"## {cfg['name']} (measured)")
         print(f"## {cfg['name']} (measured)" + section[1].split("\n## ")[0] if len(section) > 1 else report)
     return chosen

@@ -67,7 +67,7 @@ def run_regression(config_path: str | Path, baseline_path: str | Path, update: b
     cfg = load_config(config_path)
     with tempfile.TemporaryDirectory(prefix="maet-regression-") as tmp:
         work = Path(work_dir or tmp)
-        cfg.update(output_dir=str(work / "out"), results_dir=str(work / "runs"))
+        cfg.update(output_dir=str(work / "out"), results_dir=str(work / "runs"), tables_dir=str(work / "tables"))
         fresh = work / "pipeline.yaml"
         fresh.write_text(yaml.safe_dump(cfg))
         run_pipeline(fresh, tables=False)

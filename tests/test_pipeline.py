@@ -26,6 +26,7 @@ def config(tmp_path, **changes) -> dict:
         "name": "tiny-test",
         "output_dir": str(tmp_path / "out"),
         "results_dir": str(tmp_path / "runs"),
+        "tables_dir": str(tmp_path / "tables"),
         "seeds": [0],
         "data": {"generate": {
             "pretrain": {"seed": 1, "num_train": 48, "num_val": 12, "img_size": TINY_IMG, "layouts": ["imagenet"]},
