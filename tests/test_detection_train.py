@@ -1,0 +1,126 @@
+"""`maet detect` end to end on CPU: train + evaluate + record, eval-only, exact resume of a killed run, 2 gloo
+processes through detectron2's `launch`. A tiny ViT (width 64, depth 2) on 64-px synthetic COCO, a few iterations."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import subprocess
+
+import pytest
+
+pytest.importorskip("detectron2")
+
+import torch  # noqa: E402
+
+from mae_core.checkpoints import sha256_file  # noqa: E402
+from mae_core.data import write_synthetic  # noqa: E402
+from tests.helpers import maet, one_thread_env  # noqa: E402
+from tests.test_detection_weights import TEST_ARCH, tiny_mae_checkpoint  # noqa: E402
+
+pytestmark = pytest.mark.slow
+ITERS = 6
+# keep every detection, so that even a 6-iteration model's predictions are many and compared one by one
+EVAL = ["model.roi_heads.box_predictor.test_score_thresh=0.0"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("det_train")
+    write_synthetic(root, seed=0, num_train=12, num_val=6, img_size=64, layouts=("coco",))
+    return root, root / "coco", tiny_mae_checkpoint(root / "mae.pth")
+
+
+def _train(setup, out, *extra, check=True):
+    root, coco, init = setup
+    cmd = maet("detect", "train", "--data-root", str(coco), "--init", str(init), "--output-dir", str(out),
+               "--max-iter", str(ITERS), "--results-dir", str(root / "records"), "--seed", "0", *extra,
+               *TEST_ARCH, *EVAL, "train.checkpointer.period=2")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=one_thread_env(), timeout=300)
+    if check:
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def _predictions(out):
+    preds = json.loads((out / "inference" / "coco_instances_results.json").read_text())
+    assert len(preds) > 20
+    return [(p["image_id"], p["category_id"], [round(v, 3) for v in p["bbox"]], round(p["score"], 4)) for p in preds]
+
+
+def _records(setup):
+    path = setup[0] / "records" / "detection.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(setup):
+    out = setup[0] / "run_a"
+    _train(setup, out)
+    return out
+
+
+def test_train_writes_checkpoints_metrics_and_a_record(setup, uninterrupted):
+    out = uninterrupted
+    assert (out / "model_final.pth").is_file() and (out / "metrics.json").is_file()
+    report = json.loads((out / "init_report.json").read_text())
+    assert report["loaded"] > 0 and "cls_token" in report["unused"] and "norm.weight" in report["unused"]
+    assert any(".rel_pos_h" in k for k in report["new"])
+    rec = [r for r in _records(setup) if r["mode"] == "train" and r["output"]["dir"] == str(out)][-1]
+    assert rec["task"] == "detection" and rec["init"] == "mae.pth" and rec["iteration"] == ITERS
+    assert rec["checkpoint_sha256"] == sha256_file(setup[2])
+    for task in ("bbox", "segm"):
+        stats = set(rec["metrics"][task]) | {d.split(".", 1)[1] for d in rec["dropped_metrics"] if d.startswith(task)}
+        assert {"AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"} <= stats
+        assert rec["metrics"][f"{task}_AP"] == rec["metrics"][task]["AP"]
+
+
+def test_eval_only_reproduces_the_final_evaluation(setup, uninterrupted, tmp_path):
+    root, coco, _ = setup
+    weights = uninterrupted / "model_final.pth"
+    # the same model as a detectron2 model-zoo style .pkl of numpy arrays
+    sd = torch.load(weights, weights_only=True)["model"]
+    pkl = tmp_path / "model_final.pkl"
+    pkl.write_bytes(pickle.dumps({"model": {k: v.numpy() for k, v in sd.items()}, "__author__": "test"}))
+    train_rec = [r for r in _records(setup) if r["output"]["dir"] == str(uninterrupted)][-1]
+    for w in (weights, pkl):
+        cmd = maet("detect", "eval", "--data-root", str(coco), "--weights", str(w), "--output-dir",
+                   str(tmp_path / w.suffix[1:]), "--results-dir", str(root / "records"), *TEST_ARCH, *EVAL)
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=one_thread_env(), timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        rec = _records(setup)[-1]
+        assert rec["mode"] == "eval" and rec["checkpoint_sha256"] == sha256_file(w)
+        assert rec["metrics"] == train_rec["metrics"]
+        # the same predictions, box by box: the model file (pos-embed grid included) was rebuilt exactly
+        assert _predictions(tmp_path / w.suffix[1:]) == _predictions(uninterrupted)
+
+
+def test_eval_refuses_a_model_file_of_another_shape(setup, uninterrupted, tmp_path):
+    cmd = maet("detect", "eval", "--data-root", str(setup[1]), "--weights", str(uninterrupted / "model_final.pth"),
+               "--output-dir", str(tmp_path), "--no-record")  # the tiny protocol's width 192, not the run's 64
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=one_thread_env(), timeout=300)
+    assert proc.returncode == 2 and "does not fit the config's model" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_killed_run_resumes_exactly(setup, uninterrupted):
+    out = setup[0] / "run_b"
+    proc = _train(setup, out, "--crash-after-iter", "3", "--no-record", check=False)
+    assert proc.returncode != 0 and not (out / "model_final.pth").exists()  # SIGKILLed after iteration 3
+    assert (out / "last_checkpoint").read_text().strip() == "model_0000003.pth"
+    proc = _train(setup, out, "--no-record")  # --resume is the default
+    assert "resuming from" in proc.stdout + proc.stderr
+    a = torch.load(uninterrupted / "model_final.pth", weights_only=True)["model"]
+    b = torch.load(out / "model_final.pth", weights_only=True)["model"]
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]
+
+
+def test_two_gloo_processes(setup):
+    out = setup[0] / "run_ddp"
+    before = len(_records(setup))
+    _train(setup, out, "--num-processes", "2", "--device", "cpu")
+    assert (out / "model_final.pth").is_file()
+    new = _records(setup)[before:]
+    assert len(new) == 1 and new[0]["world_size"] == 2  # only rank 0 writes
+    log = (out / "log.txt").read_text()
+    assert "World size: 2" in log
