@@ -1,0 +1,12 @@
+"""ADE20K semantic segmentation with mmsegmentation's UperNet on an MAE ViT encoder.
+
+mmseg is imported lazily (inside functions), so `import transfer.segmentation` works without it.
+- `configs/`   mmengine configs `_base_`-ing mmseg's own `mae/` UperNet config: the published ViT-B / ViT-L
+               protocol and a tiny CPU protocol on the synthetic ADE20K set (same code path).
+- `weights.py` official MAE keys -> mmseg `MAE` backbone keys (beit2mmseg renames, pos-embed and
+               relative-position resizing) with a report of new and unused keys.
+- `data.py`    ADE20K layout and label checks, before mmseg sees the folder.
+- `engine.py`  config building, the mmengine `Runner` (train / eval / safe resume), torchrun on CPU or GPU.
+"""
+
+CONFIG_DIR = __import__("pathlib").Path(__file__).parent / "configs"

@@ -1,0 +1,424 @@
+"""Build the mmseg config of a run, and train / evaluate it with mmengine's `Runner`.
+
+What this adds to mmseg's own `tools/train.py` / `tools/test.py`, and why:
+- `--init` is read by our safe loader and converted in memory (weights.py); the run writes the converted
+  tensors to `<work_dir>/init_weights.pth` and hands mmengine that file as `load_from` (tensor-only, so
+  torch's safe loader reads it), with the load report beside it (`init_report.json`).
+- Resume: mmengine's own checkpoints hold Python objects (`HistoryBuffer`, ...) that torch's safe loader
+  refuses. `SegRunner.resume` loads only a checkpoint inside the run's own work dir, lifting the safe loader
+  for that one call (INSTALL.md); a user's file never goes that way. `RngStateHook` saves and restores the
+  torch RNG, so a resumed run continues exactly as the uninterrupted one (mmengine replays the data order).
+- Evaluation reads a tensor-only `segmentor.pth` (written at the end of training), never a pickle.
+- CPU: NCCL becomes gloo, SyncBN becomes BN, and DDP gets no `device_ids` (mmengine passes the local rank,
+  which a CPU module refuses), so `torchrun --nproc-per-node 2` runs on a laptop as on GPUs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from mae_core.checkpoints import load_file, save_atomic
+from mae_core.errors import ArchitectureMismatchError, CheckpointFormatError, ClassCountMismatchError, MAETransferError
+from mae_core.provenance import now_iso
+from mae_core.vit import arch_for_width_depth
+from transfer.encoder_init import EncoderInit, read_encoder
+
+from . import CONFIG_DIR
+from .data import check_ade20k
+from .weights import LoadReport, check_arch, convert_for_backbone
+
+PROTOCOLS = {  # short names for --config
+    "tiny": "mae_vit_tiny_upernet_synthetic_ade20k_64x64.py",
+    "vit-b": "mae_vit_base_upernet_ade20k_512x512_160k.py",
+    "vit-l": "mae_vit_large_upernet_ade20k_512x512_160k.py",
+}
+SEGMENTOR_FILE = "segmentor.pth"
+INIT_FILE = "init_weights.pth"
+DATALOADERS = ("train_dataloader", "val_dataloader", "test_dataloader")
+_registered = False
+
+
+class SegmentationConfigError(MAETransferError):
+    """A --config / option combination that cannot make a run (unknown config, AMP without a GPU, ...)."""
+
+
+# ----------------------------------------------------------------------------- mmseg / mmengine additions
+def register() -> None:
+    """Register our three small mmengine components in mmseg's registries (once; imports mmseg)."""
+    global _registered
+    if _registered:
+        return
+    import mmseg.models  # noqa: F401  (registers mmseg's modules)
+    from mmengine.hooks import Hook
+    from mmengine.model import MMDistributedDataParallel
+    from mmengine.registry import MODEL_WRAPPERS  # the root registry: Runner.wrap_model looks there
+    from mmengine.runner import Runner
+    from mmseg.registry import HOOKS, RUNNERS
+
+    @HOOKS.register_module(force=True)
+    class RngStateHook(Hook):
+        """Save the torch RNG in each checkpoint; after a resume, restore it before the first new step.
+
+        mmengine replays the data order (and with it the numpy draws of the augmentations) but not the
+        torch generator that dropout and drop-path draw from; restored, the run continues bit for bit.
+        """
+
+        priority = "VERY_LOW"
+
+        def __init__(self):
+            self._pending = None
+
+        def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+            checkpoint.setdefault("meta", {})["torch_rng_state"] = torch.get_rng_state()
+
+        def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+            self._pending = checkpoint.get("meta", {}).get("torch_rng_state")
+
+        def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
+            if self._pending is not None:
+                torch.set_rng_state(self._pending)
+                self._pending = None
+
+    @HOOKS.register_module(force=True)
+    class MetricsHistoryHook(Hook):
+        """Keep every evaluation's metrics in memory, for the run record."""
+
+        def __init__(self):
+            self.history: list[dict] = []
+
+        def after_val_epoch(self, runner, metrics=None) -> None:
+            if metrics:
+                self.history.append({"iter": runner.iter, **{k: round(float(v), 4) for k, v in metrics.items()}})
+
+    @MODEL_WRAPPERS.register_module(force=True)
+    class CPUDistributedDataParallel(MMDistributedDataParallel):
+        """mmengine's DDP wrapper for CPU processes (gloo): `device_ids=None`, and BN for SyncBN (GPU only).
+
+        (A single process needs neither: mmengine itself reverts SyncBN when not distributed.)
+        """
+
+        def __init__(self, module, device_ids=None, **kwargs):
+            from mmengine.model import revert_sync_batchnorm
+
+            super().__init__(module=revert_sync_batchnorm(module), device_ids=None, **kwargs)
+
+    @RUNNERS.register_module(force=True)
+    class SegRunner(Runner):
+        """mmengine's Runner whose resume unpickles only checkpoints of its own work dir (INSTALL.md)."""
+
+        def resume(self, filename: str, *args, **kwargs) -> None:
+            path, work_dir = Path(filename).resolve(), Path(self.work_dir).resolve()
+            if work_dir not in path.parents:
+                raise CheckpointFormatError(
+                    f"refusing to resume from {filename}: only checkpoints this run wrote into its work dir "
+                    f"{work_dir} are resumed (they hold pickled objects). To start from weights, use --init.")
+            with trusted_pickle_load():
+                super().resume(filename, *args, **kwargs)
+
+    _registered = True
+
+
+@contextlib.contextmanager
+def trusted_pickle_load():
+    """Lift torch's safe loader for the calls inside (mmengine's `torch.load` passes no `weights_only`)."""
+    key = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
+    before = os.environ.get(key)
+    os.environ[key] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
+
+
+# ----------------------------------------------------------------------------- config
+def config_path(config: str | Path) -> Path:
+    """A protocol name (tiny, vit-b, vit-l), a file name in our configs folder, or any config path."""
+    config = str(config)
+    for candidate in (CONFIG_DIR / PROTOCOLS.get(config, config), CONFIG_DIR / f"{config}.py", Path(config)):
+        if candidate.is_file():
+            return candidate
+    raise SegmentationConfigError(f"no config {config!r}: use one of {', '.join(PROTOCOLS)}, a file of "
+                                  f"{CONFIG_DIR}, or a path to an mmseg config")
+
+
+def load_config(config: str | Path, cfg_options: dict | None = None):
+    from mmengine import Config
+
+    cfg = Config.fromfile(str(config_path(config)))
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    return cfg
+
+
+def config_classes(cfg) -> list[str]:
+    """Class names the config trains (its dataset's metainfo, else mmseg's dataset class METAINFO)."""
+    ds = cfg.train_dataloader.dataset
+    names = (ds.get("metainfo") or {}).get("classes")
+    if names is None:
+        register()
+        from mmseg.registry import DATASETS
+
+        names = DATASETS.get(ds.type).METAINFO["classes"]
+    return list(names)
+
+
+def set_classes(cfg, classes: list[str]) -> None:
+    """Heads and datasets for these classes; ADE20KDataset (150 fixed names) becomes its ADE-layout base class."""
+    register()
+    from mmseg.datasets import ADE20KDataset
+
+    for head in ("decode_head", "auxiliary_head"):
+        if cfg.model.get(head):
+            cfg.model[head].num_classes = len(classes)
+    for name in DATALOADERS:
+        ds = cfg[name].dataset
+        if ds.type == "ADE20KDataset" and list(classes) != list(ADE20KDataset.METAINFO["classes"]):
+            ds.update(type="BaseSegDataset", img_suffix=".jpg", seg_map_suffix=".png", reduce_zero_label=True)
+        ds.metainfo = dict(classes=tuple(classes))
+
+
+def set_max_iters(cfg, max_iters: int) -> None:
+    """Another schedule length: scheduler boundaries scale with it (warm-up stays the same fraction)."""
+    old = cfg.train_cfg.max_iters
+    cfg.train_cfg.max_iters = max_iters
+
+    def scaled(b: int) -> int:
+        return max_iters if b == old else (0 if b == 0 else min(max_iters - 1, max(1, round(b * max_iters / old))))
+
+    for sched in cfg.param_scheduler:
+        sched.begin, sched.end = scaled(sched.get("begin", 0)), scaled(sched.get("end", old))
+    cfg.train_cfg.val_interval = min(cfg.train_cfg.val_interval, max_iters)
+    cfg.default_hooks.checkpoint.interval = min(cfg.default_hooks.checkpoint.interval, max_iters)
+
+
+def adapt_to_device(cfg, distributed: bool, amp: bool) -> None:
+    """CPU: gloo for NCCL, our DDP wrapper (BN for SyncBN, no device_ids). `--amp`: AmpOptimWrapper (GPU)."""
+    if amp:
+        if not torch.cuda.is_available():
+            raise SegmentationConfigError("--amp needs a CUDA GPU; leave it off on CPU")
+        cfg.optim_wrapper.type = "AmpOptimWrapper"
+        cfg.optim_wrapper.loss_scale = "dynamic"
+    if torch.cuda.is_available():
+        return
+    cfg.env_cfg.dist_cfg = dict(backend="gloo")
+    if distributed:
+        cfg.model_wrapper_cfg = dict(type="CPUDistributedDataParallel", broadcast_buffers=False)
+
+
+def arch_name(cfg) -> str:
+    b = cfg.model.backbone
+    name = arch_for_width_depth(b.embed_dims, b.num_layers) or f"vit_w{b.embed_dims}_d{b.num_layers}"
+    return f"{name}_patch{b.patch_size}_upernet"
+
+
+@dataclass
+class RunSetup:
+    """A ready config plus what the run record needs to say about it."""
+
+    cfg: object
+    data_root: Path
+    classes: list[str]
+    init: EncoderInit | None = None
+    report: LoadReport | None = None
+    resumed_from: str | None = None
+    summary: dict = field(default_factory=dict)
+
+
+def prepare(config: str | Path, *, data_root: str | Path, work_dir: str | Path, num_classes: int | None = None,
+            max_iters: int | None = None, val_interval: int | None = None, batch_size: int | None = None,
+            seed: int = 0, launcher: str = "none", amp: bool = False, check_labels: bool = True,
+            cfg_options: dict | None = None, splits=("training", "validation")) -> RunSetup:
+    """The config of a run: data, classes, schedule, seed, work dir and device; the dataset checked first."""
+    register()
+    cfg = load_config(config, cfg_options)
+    classes = config_classes(cfg)
+    if num_classes is not None and num_classes != len(classes):
+        classes = [f"class_{i}" for i in range(num_classes)]
+    set_classes(cfg, classes)
+    summary = check_ade20k(data_root, len(classes), splits=splits, check_labels=check_labels)
+    root = summary.pop("root")
+    for name in DATALOADERS:
+        cfg[name].dataset.data_root = str(root)
+        if batch_size and name == "train_dataloader":
+            cfg[name].batch_size = batch_size
+    if max_iters:
+        set_max_iters(cfg, max_iters)
+    if val_interval:
+        cfg.train_cfg.val_interval = val_interval
+        cfg.default_hooks.checkpoint.interval = val_interval
+    cfg.work_dir = str(Path(work_dir).resolve())
+    cfg.randomness = dict(seed=seed)
+    cfg.launcher = launcher
+    cfg.custom_hooks = [*cfg.get("custom_hooks", []), dict(type="RngStateHook"), dict(type="MetricsHistoryHook")]
+    adapt_to_device(cfg, launcher != "none", amp)
+    return RunSetup(cfg=cfg, data_root=root, classes=classes, summary=summary)
+
+
+def attach_init(setup: RunSetup, init: str | Path, resume: bool) -> None:
+    """`--init` -> `<work_dir>/init_weights.pth` + report, or the run's own last checkpoint when resuming."""
+    from mmengine.runner import find_latest_checkpoint
+
+    cfg, work_dir = setup.cfg, Path(setup.cfg.work_dir)
+    last = find_latest_checkpoint(str(work_dir)) if resume and work_dir.is_dir() else None
+    setup.init = read_encoder(init)
+    if last:
+        cfg.resume, cfg.load_from, setup.resumed_from = True, last, last
+        return
+    if setup.init.is_scratch:
+        return
+    from mmseg.registry import MODELS
+
+    check_arch(setup.init.arch, cfg.model.backbone)
+    backbone = MODELS.build(cfg.model.backbone)
+    target = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
+    state_dict, setup.report = convert_for_backbone(setup.init.state_dict, target, setup.init.not_encoder,
+                                                    window=tuple(backbone.patch_shape))
+    if setup.report.unexpected_new:
+        raise ArchitectureMismatchError("the converted checkpoint leaves backbone tensors unfilled: "
+                                        + ", ".join(setup.report.unexpected_new))
+    if is_main_process():
+        work_dir.mkdir(parents=True, exist_ok=True)
+        save_atomic({"state_dict": state_dict}, work_dir / INIT_FILE)
+        (work_dir / "init_report.json").write_text(json.dumps(
+            {"init": str(init), "sha256": setup.init.sha256, **setup.report.to_dict()}, indent=1))
+    _barrier()
+    cfg.load_from = str(work_dir / INIT_FILE)
+
+
+# ----------------------------------------------------------------------------- distributed
+def resolve_launcher(launcher: str) -> str:
+    """`torchrun` sets WORLD_SIZE: a multi-process run is distributed even without --launcher pytorch."""
+    if launcher == "none" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return "pytorch"
+    return launcher
+
+
+def init_distributed(launcher: str) -> None:
+    """Start the process group (env:// of torchrun) before the Runner, which then uses it as it is.
+
+    Here rather than in mmengine's `init_dist` because that one calls `torch.cuda.set_device` (fails on CPU),
+    and because rank 0 alone must write the converted init before the Runner exists.
+    """
+    import torch.distributed as dist
+
+    if launcher == "none" or dist.is_initialized():
+        return
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+
+
+def is_main_process() -> bool:
+    import torch.distributed as dist
+
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+
+
+# ----------------------------------------------------------------------------- train / eval
+@dataclass
+class RunResult:
+    metrics: dict
+    history: list[dict]
+    work_dir: Path
+    segmentor: Path | None
+    is_main: bool
+    started_at: str
+    duration_s: float
+    device: str
+    world_size: int
+
+
+def _history_hook(runner):
+    return next(h for h in runner.hooks if type(h).__name__ == "MetricsHistoryHook")
+
+
+def _runner(cfg):
+    register()
+    from mmseg.registry import RUNNERS
+
+    return RUNNERS.get("SegRunner").from_cfg(cfg)
+
+
+def train(setup: RunSetup) -> RunResult:
+    """Train with mmengine; evaluate every `val_interval` and at the end; write a tensor-only segmentor.pth."""
+    from mmengine.dist import get_world_size
+    from mmengine.model import is_model_wrapper
+
+    started, t0 = now_iso(), time.perf_counter()
+    runner = _runner(setup.cfg)
+    if setup.report is not None:
+        runner.logger.info("--init %s -> mmseg MAE backbone:\n%s", setup.init.name, setup.report.summary())
+    if setup.resumed_from:
+        runner.logger.info("resuming from %s", setup.resumed_from)
+    runner.train()
+    history = _history_hook(runner).history
+    if not history or history[-1]["iter"] != runner.iter:  # the schedule did not end on an evaluation
+        history.append({"iter": runner.iter, **{k: round(float(v), 4) for k, v in runner.val_loop.run().items()}})
+    model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+    out = Path(setup.cfg.work_dir) / SEGMENTOR_FILE
+    main = is_main_process()
+    if main:
+        save_atomic({"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                     "meta": {"classes": list(setup.classes), "iter": int(runner.iter),
+                              "arch": arch_name(setup.cfg), "init": setup.init.name if setup.init else None}}, out)
+    return RunResult(metrics=_summary_metrics(history[-1]), history=history, work_dir=Path(setup.cfg.work_dir),
+                     segmentor=out, is_main=main, started_at=started, duration_s=time.perf_counter() - t0,
+                     device=_device(), world_size=get_world_size())
+
+
+def read_segmentor(path: str | Path) -> dict:
+    """A `segmentor.pth` of `maet segment train`, through the safe loader (weights and plain meta only)."""
+    try:
+        obj = load_file(path)
+    except CheckpointFormatError as e:
+        raise CheckpointFormatError(
+            f"{e}\n`maet segment eval` reads the tensor-only {SEGMENTOR_FILE} that `maet segment train` writes "
+            "into its work dir; mmengine's iter_*.pth files hold pickled objects and only resume their own run.") from e
+    if not isinstance(obj, dict) or not any(k.startswith("decode_head.") for k in obj.get("state_dict", {})):
+        raise CheckpointFormatError(f"{path} is not a segmentation model (no decode_head.* tensors under "
+                                    f"'state_dict'); evaluate the {SEGMENTOR_FILE} of a `maet segment train` run")
+    return obj
+
+
+def evaluate(setup: RunSetup, checkpoint: str | Path) -> RunResult:
+    """mIoU / mAcc / aAcc (mmseg's IoUMetric) of a segmentor.pth on the validation split."""
+    from mmengine.dist import get_world_size
+
+    obj = read_segmentor(checkpoint)
+    n_out = obj["state_dict"]["decode_head.conv_seg.weight"].shape[0]
+    if n_out != len(setup.classes):
+        raise ClassCountMismatchError(f"{checkpoint} predicts {n_out} classes, the config has {len(setup.classes)}: "
+                                      f"pass --num-classes {n_out} (or the config it was trained with)")
+    started, t0 = now_iso(), time.perf_counter()
+    setup.cfg.load_from = str(Path(checkpoint).resolve())
+    runner = _runner(setup.cfg)
+    metrics = runner.test()
+    return RunResult(metrics=_summary_metrics(metrics), history=[], work_dir=Path(setup.cfg.work_dir), segmentor=None,
+                     is_main=is_main_process(), started_at=started, duration_s=time.perf_counter() - t0,
+                     device=_device(), world_size=get_world_size())
+
+
+def _summary_metrics(metrics: dict) -> dict:
+    """mmseg's IoUMetric gives percentages: aAcc, mIoU, mAcc."""
+    return {k: round(float(metrics[k]), 4) for k in ("mIoU", "mAcc", "aAcc") if k in metrics}
+
+
+def _device() -> str:
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
