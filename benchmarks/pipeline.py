@@ -33,13 +33,15 @@ from mae_core.errors import DatasetLayoutError, MAETransferError
 TASKS = ("finetune", "linprobe", "detection", "segmentation")
 BUILTIN_INITS = ("mae", "supervised", "scratch")
 STAGE_DONE = "stage.json"
-# What each task's command is, the data root it reads, and the flag that names it.
-COMMANDS = {"pretrain": (["pretrain"], "pretrain", "--data-path"),
-            "supervised": (["finetune"], "pretrain", "--data-path"),
-            "finetune": (["finetune"], "imagenet", "--data-path"),
-            "linprobe": (["linprobe"], "imagenet", "--data-path"),
-            "detection": (["detect", "train"], "coco", "--data-root"),
-            "segmentation": (["segment", "train"], "ade20k", "--data-root")}
+# What each task's command is, the data root it reads and the flag that names it, and its output-folder
+# flag. Every engine resumes from its own folder: the classification ones and `detect` by default,
+# `segment` with --resume (it starts from --init while its work dir holds no checkpoint).
+COMMANDS = {"pretrain": (["pretrain"], "pretrain", "--data-path", ["--output-dir"]),
+            "supervised": (["finetune"], "pretrain", "--data-path", ["--output-dir"]),
+            "finetune": (["finetune"], "imagenet", "--data-path", ["--output-dir"]),
+            "linprobe": (["linprobe"], "imagenet", "--data-path", ["--output-dir"]),
+            "detection": (["detect", "train"], "coco", "--data-root", ["--output-dir"]),
+            "segmentation": (["segment", "train"], "ade20k", "--data-root", ["--resume", "--work-dir"])}
 PRODUCES = {"pretrain": "mae_pretrain.pth", "supervised": "finetuned.pth"}  # checkpoints later stages start from
 LAYOUT_OF = {"pretrain": "imagenet", "imagenet": "imagenet", "coco": "coco", "ade20k": "ade20k"}
 
@@ -67,7 +69,8 @@ class Stage:
 
 
 def flags(options: dict) -> list[str]:
-    """A dict of options as maet flags: `blr: 1e-3` -> `--blr 1e-3`; bools -> --x / --no-x; dicts -> JSON.
+    """A dict of options as maet flags: `blr: 1e-3` -> `--blr 1e-3`; bools -> --x / --no-x; dicts -> JSON;
+    lists -> several values.
 
     `opts` (a list) is passed through last, as the key=value overrides of `maet detect/segment`.
     """
@@ -80,6 +83,8 @@ def flags(options: dict) -> list[str]:
             argv.append(flag if value else "--no-" + key.replace("_", "-"))
         elif isinstance(value, dict):
             argv += [flag, json.dumps(value, sort_keys=True)]
+        elif isinstance(value, list):  # nargs="+" options, e.g. segment's --cfg-options
+            argv += [flag, *map(str, value)]
         elif value is not None:
             argv += [flag, str(value)]
     return argv + [str(o) for o in options.get("opts", [])]
@@ -165,7 +170,7 @@ def plan(cfg: dict, roots: dict[str, Path], out: Path) -> list[Stage]:
 
 
 def _stage(name, task, roots, options, extra, inputs=()) -> Stage:
-    _, root, flag = COMMANDS[task]  # flags(options) last: it ends with the key=value overrides
+    _, root, flag, _ = COMMANDS[task]  # flags(options) last: it ends with the key=value overrides
     return Stage(name=name, task=task, argv=[flag, str(roots[root]), *extra, *flags(options)], inputs=list(inputs))
 
 
@@ -188,7 +193,8 @@ def _user_files(argv: list[str]) -> list[str]:
 def resolve(stage: Stage, stages: dict[str, Stage]) -> list[str]:
     """The full maet command: `@stage` inputs replaced by that stage's checkpoint, the output folder added."""
     argv = [str(stages[a[1:]].checkpoint) if a.startswith("@") else a for a in stage.argv]
-    return [*COMMANDS[stage.task][0], "--output-dir", str(stage.folder), *argv]
+    command, _, _, output = COMMANDS[stage.task]
+    return [*command, *output, str(stage.folder), *argv]
 
 
 def select(stages: list[Stage], only: list[str], skip: list[str]) -> list[Stage]:

@@ -142,3 +142,34 @@ def test_shipped_published_configs_plan_and_refuse_without_data(name, tmp_path):
     assert {"b": "mae_vit_base_patch16", "l": "mae_vit_large_patch16"}[name[-1]] in stages["pretrain"].argv
     with pytest.raises(DatasetLayoutError, match="reads data that is not here"):
         run_pipeline(path)
+
+
+def test_transfer_stages_use_each_engine_own_flags(tmp_path):
+    path = Path(__file__).resolve().parents[1] / "pipelines" / "published_vit_b.yaml"
+    cfg = load_config(path)
+    stages = {s.name: s for s in plan(cfg, data_roots(cfg, tmp_path), tmp_path)}
+    from benchmarks.pipeline import launch_command, resolve
+
+    det, seg = stages["detection/mae/seed0"], stages["segmentation/supervised/seed0"]
+    det_argv, seg_argv = resolve(det, stages), resolve(seg, stages)
+    assert det_argv[:4] == ["detect", "train", "--output-dir", str(det.folder)]
+    assert det_argv[det_argv.index("--init") + 1] == str(stages["pretrain"].checkpoint)
+    assert {"--config", "b", "--num-processes", "8", "--protocol", "published-vit-b"} <= set(det_argv)
+    assert seg_argv[:5] == ["segment", "train", "--resume", "--work-dir", str(seg.folder)]
+    assert seg_argv[seg_argv.index("--init") + 1] == str(stages["supervised"].checkpoint)
+    assert "--amp" in seg_argv and seg_argv[seg_argv.index("--data-root") + 1] == "/datasets/ade20k"
+    # torchrun starts the torchrun engines; detectron2 starts its own processes
+    assert launch_command(seg, cfg["launcher"])[:3] == ["torchrun", "--nproc_per_node", "8"]
+    assert launch_command(det, cfg["launcher"])[1:] == ["-m", "benchmarks.cli"]
+
+
+@pytest.mark.parametrize("name", ["published_vit_b", "published_vit_l"])
+def test_every_planned_command_parses(name, tmp_path):
+    from benchmarks.cli import build_parser
+    from benchmarks.pipeline import resolve
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "pipelines" / f"{name}.yaml")
+    stages = {s.name: s for s in plan(cfg, data_roots(cfg, tmp_path), tmp_path)}
+    for stage in stages.values():
+        args = build_parser().parse_args(resolve(stage, stages))  # argparse exits on an unknown flag
+        assert args.func is not None, stage.name
