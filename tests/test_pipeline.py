@@ -163,7 +163,7 @@ def test_transfer_stages_use_each_engine_own_flags(tmp_path):
     assert launch_command(det, cfg["launcher"])[1:] == ["-m", "benchmarks.cli"]
 
 
-@pytest.mark.parametrize("name", ["published_vit_b", "published_vit_l"])
+@pytest.mark.parametrize("name", ["synthetic", "published_vit_b", "published_vit_l"])
 def test_every_planned_command_parses(name, tmp_path):
     from benchmarks.cli import build_parser
     from benchmarks.pipeline import resolve
