@@ -38,10 +38,18 @@ def latest_per_seed(records: list[dict]) -> list[dict]:
     return list(latest.values())
 
 
+def backbone_of(arch: str) -> str:
+    """The encoder in a record's arch, so one table column holds a backbone across tasks:
+    'vit_custom_w192_d6_patch8' (classifier), '..._vitdet_mask_rcnn', 'vit_w192_d6_patch8_upernet' ->
+    'vit_w192_d6_patch8'; 'vit_base_patch16' stays."""
+    match = re.search(r"vit_(?:custom_)?([a-z0-9_]*?_patch\d+)", arch)
+    return f"vit_{match.group(1)}" if match else arch
+
+
 def measurements(records: list[dict]) -> pd.DataFrame:
-    """One row per (record, headline metric): protocol, arch, init, column, value, seed, run_id."""
+    """One row per (record, headline metric): protocol, arch (the backbone), init, column, value, seed, run_id."""
     records = latest_per_seed(records)
-    rows = [dict(protocol=protocol_of(r), arch=r["arch"], init=r["init"], column=title,
+    rows = [dict(protocol=protocol_of(r), arch=backbone_of(r["arch"]), init=r["init"], column=title,
                  value=float(r["metrics"][key]), seed=r.get("seed"), run_id=r["run_id"])
             for r in records for (task, key), title in HEADLINE.items()
             if r["task"] == task and key in r["metrics"]]
@@ -124,7 +132,9 @@ def write_tables(records_dir=None, published=DEFAULT_PUBLISHED, out=DEFAULT_OUT,
         table = measured_table(group)
         runs = group["run_id"].nunique()
         seeds = sorted({int(s) for s in group["seed"].dropna()})
-        text = f"## {protocol} (measured)\n\n{to_markdown(table)}\n\nFrom {runs} run records; seeds {seeds}."
+        backbones = ", ".join(sorted(group["arch"].unique()))
+        text = (f"## {protocol} (measured)\n\n{to_markdown(table)}\n\n"
+                f"From {runs} run records; seeds {seeds}; backbone {backbones}.")
         table.to_csv(out / f"{slug(protocol)}.csv")
         (out / f"{slug(protocol)}.md").write_text(text + "\n")
         if plots:

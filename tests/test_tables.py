@@ -86,3 +86,19 @@ def test_a_rerun_of_one_seed_replaces_it(tmp_path):
         append_record(record("finetune", "mae", {"top1": value}, seed=3), folder)
     table = measured_table(measurements(read_records(folder)))
     assert table.loc["mae", "top-1 (ft)"] == "60.00"
+
+
+def test_one_backbone_shares_columns_across_tasks(tmp_path):
+    from benchmarks.tables import backbone_of
+
+    assert {backbone_of(a) for a in ("vit_custom_w192_d6_patch8", "vit_custom_w192_d6_patch8_vitdet_mask_rcnn",
+                                     "vit_w192_d6_patch8_upernet")} == {"vit_w192_d6_patch8"}
+    assert backbone_of("vit_base_patch16") == "vit_base_patch16"
+    folder = tmp_path / "runs"
+    append_record(make_record(task="finetune", dataset="d", init="mae", arch="vit_custom_w192_d6_patch8",
+                              metrics={"top1": 50.0}, config={}, git_commit="", versions={}), folder)
+    append_record(make_record(task="segmentation", dataset="d", init="mae", arch="vit_w192_d6_patch8_upernet",
+                              metrics={"mIoU": 20.0}, config={}, git_commit="", versions={}), folder)
+    frame = measurements(read_records(folder))
+    frame["protocol"] = "p"
+    assert list(measured_table(frame).columns) == ["top-1 (ft)", "mIoU"]
