@@ -278,6 +278,7 @@ def run_pipeline(config: str | Path, only: list[str] = (), skip: list[str] = (),
     out = Path(cfg["output_dir"])
     roots = data_roots(cfg, out)
     stages = plan(cfg, roots, out)
+    by_name = {s.name: s for s in stages}
     chosen = select(stages, list(only), list(skip))
     if dry_run:
         try:
@@ -285,7 +286,7 @@ def run_pipeline(config: str | Path, only: list[str] = (), skip: list[str] = (),
         except DatasetLayoutError as e:
             print(f"note: {e}")
         for s in chosen:
-            print(f"{s.name:32s} {'done' if s.done else 'to run':7s} maet {shlex.join(resolve(s, _by_name(stages)))}")
+            print(f"{s.name:32s} {'done' if s.done else 'to run':7s} maet {shlex.join(resolve(s, by_name))}")
         return chosen
     check_roots(cfg, roots, chosen)
     t0 = time.perf_counter()
@@ -293,7 +294,7 @@ def run_pipeline(config: str | Path, only: list[str] = (), skip: list[str] = (),
         generate_data(cfg, roots)
     for i, stage in enumerate(chosen, 1):
         stage.folder.mkdir(parents=True, exist_ok=True)
-        run_stage(stage, _by_name(stages), f"{i}/{len(chosen)}", cfg.get("launcher"))
+        run_stage(stage, by_name, f"{i}/{len(chosen)}", cfg.get("launcher"))
     print(f"pipeline '{cfg['name']}': {len(chosen)} stages in {time.perf_counter() - t0:.0f} s", flush=True)
     if tables:
         from .tables import write_tables
@@ -302,7 +303,3 @@ def run_pipeline(config: str | Path, only: list[str] = (), skip: list[str] = (),
         section = report.split(f"## {cfg['name']} (measured)")
         print(f"## {cfg['name']} (measured)" + section[1].split("\n## ")[0] if len(section) > 1 else report)
     return chosen
-
-
-def _by_name(stages: list[Stage]) -> dict[str, Stage]:
-    return {s.name: s for s in stages}

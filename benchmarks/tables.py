@@ -69,7 +69,7 @@ def _cell(values: pd.Series) -> str:
 
 def measured_table(frame: pd.DataFrame) -> pd.DataFrame:
     """Rows = init; columns = '<metric>' (and '<metric> Δ sup') per arch, for one protocol's measurements."""
-    stats = frame.groupby(["init", "arch", "column"])["value"].agg(["mean", "std", "count", _cell])
+    stats = frame.groupby(["init", "arch", "column"])["value"].agg(["mean", _cell])
     table = {}
     for (arch, column), group in stats.reset_index().groupby(["arch", "column"], sort=False):
         group = group.set_index("init")

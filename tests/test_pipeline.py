@@ -49,16 +49,20 @@ def write(tmp_path, cfg, name="tiny.yaml"):
     return path
 
 
+def planned(cfg, out) -> list:
+    return plan(cfg, data_roots(cfg, Path(out)), Path(out))
+
+
 def stage_states(path) -> dict[str, bool]:
     cfg = load_config(path)
     out = Path(cfg["output_dir"])
-    return {s.name: s.done for s in plan(cfg, data_roots(cfg, out), out)}
+    return {s.name: s.done for s in planned(cfg, out)}
 
 
 def test_plan_orders_stages_and_keys_follow_their_inputs(tmp_path):
     cfg = config(tmp_path)
     out = Path(cfg["output_dir"])
-    stages = plan(cfg, data_roots(cfg, out), out)
+    stages = planned(cfg, out)
     assert [s.name for s in stages] == [
         "pretrain", "supervised",
         "finetune/mae/seed0", "finetune/supervised/seed0", "finetune/scratch/seed0",
@@ -68,7 +72,7 @@ def test_plan_orders_stages_and_keys_follow_their_inputs(tmp_path):
     assert by_name["finetune/scratch/seed0"].inputs == []
     # A pretraining recipe change re-keys pretraining and everything that starts from it, nothing else.
     changed = config(tmp_path, pretrain=dict(cfg["pretrain"], epochs=2))
-    again = {s.name: s.key for s in plan(changed, data_roots(changed, out), out)}
+    again = {s.name: s.key for s in planned(changed, out)}
     assert again["pretrain"] != by_name["pretrain"].key
     assert again["finetune/mae/seed0"] != by_name["finetune/mae/seed0"].key
     assert again["finetune/scratch/seed0"] == by_name["finetune/scratch/seed0"].key
@@ -78,7 +82,7 @@ def test_plan_orders_stages_and_keys_follow_their_inputs(tmp_path):
 def test_selection_needs_the_inputs_of_what_it_selects(tmp_path):
     cfg = config(tmp_path)
     out = Path(cfg["output_dir"])
-    stages = plan(cfg, data_roots(cfg, out), out)
+    stages = planned(cfg, out)
     assert [s.name for s in select(stages, ["scratch"], [])] == ["finetune/scratch/seed0", "linprobe/scratch/seed0"]
     assert {s.name for s in select(stages, [], ["linprobe", "finetune"])} == {"pretrain", "supervised"}
     with pytest.raises(PipelineError, match="starts from the checkpoint of stage pretrain"):
@@ -137,7 +141,7 @@ def test_pipeline_runs_caches_and_reruns_only_what_changed(tmp_path):
 def test_shipped_published_configs_plan_and_refuse_without_data(name, tmp_path):
     path = Path(__file__).resolve().parents[1] / "pipelines" / f"{name}.yaml"
     cfg = load_config(path)
-    stages = {s.name: s for s in plan(cfg, data_roots(cfg, tmp_path), tmp_path)}
+    stages = {s.name: s for s in planned(cfg, tmp_path)}
     assert {"pretrain", "supervised", "finetune/mae/seed0", "linprobe/scratch/seed0"} <= set(stages)
     assert {"b": "mae_vit_base_patch16", "l": "mae_vit_large_patch16"}[name[-1]] in stages["pretrain"].argv
     with pytest.raises(DatasetLayoutError, match="reads data that is not here"):
@@ -147,7 +151,7 @@ def test_shipped_published_configs_plan_and_refuse_without_data(name, tmp_path):
 def test_transfer_stages_use_each_engine_own_flags(tmp_path):
     path = Path(__file__).resolve().parents[1] / "pipelines" / "published_vit_b.yaml"
     cfg = load_config(path)
-    stages = {s.name: s for s in plan(cfg, data_roots(cfg, tmp_path), tmp_path)}
+    stages = {s.name: s for s in planned(cfg, tmp_path)}
     from benchmarks.pipeline import launch_command, resolve
 
     det, seg = stages["detection/mae/seed0"], stages["segmentation/supervised/seed0"]
@@ -169,7 +173,7 @@ def test_every_planned_command_parses(name, tmp_path):
     from benchmarks.pipeline import resolve
 
     cfg = load_config(Path(__file__).resolve().parents[1] / "pipelines" / f"{name}.yaml")
-    stages = {s.name: s for s in plan(cfg, data_roots(cfg, tmp_path), tmp_path)}
+    stages = {s.name: s for s in planned(cfg, tmp_path)}
     for stage in stages.values():
         args = build_parser().parse_args(resolve(stage, stages))  # argparse exits on an unknown flag
         assert args.func is not None, stage.name
