@@ -2,7 +2,7 @@
 
     nox -s tests        the test suite (what CI runs)
     nox -s lint         ruff
-    nox -s demo         the end-to-end CPU demo
+    nox -s demo         the end-to-end CPU demo (the synthetic pipeline, its tables)
     nox -s regression   the synthetic pipeline with fixed seeds against results/baselines/ (-- --update rewrites it)
     nox -s bench        the performance benchmarks
 """

@@ -52,7 +52,8 @@ def _cmd_make_data(args) -> None:
     from mae_core.data import write_synthetic
 
     summary = write_synthetic(args.out, seed=args.seed, num_train=args.num_train, num_val=args.num_val,
-                              img_size=args.img_size)
+                              img_size=args.img_size, max_instances=args.max_instances, textures=args.textures,
+                              background=args.background)
     print(json.dumps(summary, indent=2, default=str))
 
 
@@ -67,9 +68,9 @@ def _cmd_visualize(args) -> None:
 
 
 def _cmd_demo(args) -> None:
-    from benchmarks.demo import run_demo
+    from benchmarks.demo import DEMO_CONFIG, run_demo
 
-    run_demo(Path(args.out), epochs=args.epochs, seed=args.seed, num_train=args.num_train)
+    run_demo(args.config or DEMO_CONFIG, jobs=args.jobs, seed=args.seed)
 
 
 def _cmd_inspect(args) -> None:
@@ -129,13 +130,14 @@ def _cmd_pipeline(args) -> None:
     from .pipeline import run_pipeline
 
     split = lambda v: [p for p in (v or "").split(",") if p]
-    run_pipeline(args.config, only=split(args.only), skip=split(args.skip), tables=args.tables, dry_run=args.dry_run)
+    run_pipeline(args.config, only=split(args.only), skip=split(args.skip), tables=args.tables, dry_run=args.dry_run,
+                 jobs=args.jobs)
 
 
 def _cmd_regression(args) -> None:
     from .regression import run_regression
 
-    run_regression(args.config, args.baseline, update=args.update, work_dir=args.work_dir)
+    run_regression(args.config, args.baseline, update=args.update, work_dir=args.work_dir, records=args.records)
 
 
 def _cmd_table(args) -> None:
@@ -169,6 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-train", type=int, default=1000)
     p.add_argument("--num-val", type=int, default=200)
     p.add_argument("--img-size", type=int, default=64)
+    p.add_argument("--max-instances", type=int, default=4, help="shapes per scene: 1..N")
+    p.add_argument("--textures", choices=["random", "class"], default="random",
+                   help="'class': each shape wears its class's pattern; 'random': only geometry tells classes apart")
+    p.add_argument("--background", choices=["textured", "plain"], default="textured")
     p.set_defaults(func=_cmd_make_data)
 
     p = sub.add_parser("visualize", help="reconstruction grid of an MAE checkpoint (decoder included)")
@@ -180,11 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_visualize)
 
-    p = sub.add_parser("demo", help="the end-to-end CPU demo on generated data")
-    p.add_argument("--out", default="output/demo")
-    p.add_argument("--epochs", type=int, default=None, help="pretraining epochs (default: the demo's own)")
-    p.add_argument("--num-train", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("demo", help="the end-to-end CPU demo on generated data: the synthetic pipeline, its tables, "
+                                    "the MAE's reconstructions")
+    p.add_argument("--config", default=None, help="pipeline YAML (default: pipelines/synthetic.yaml)")
+    p.add_argument("--jobs", type=int, default=None, help="stages run at once (default: the config's)")
+    p.add_argument("--seed", type=int, default=0, help="masking seed of the reconstruction grid")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("pipeline", help="pretrain -> finetune / linprobe / detection / segmentation for each init, "
@@ -194,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip", default=None, help="comma-separated stages to leave out (same patterns as --only)")
     p.add_argument("--tables", action=argparse.BooleanOptionalAction, default=True, help="write and print the tables")
     p.add_argument("--dry-run", action="store_true", help="list the stages, their state and commands; run nothing")
+    p.add_argument("--jobs", type=int, default=None, help="stages run at once, CPU threads shared out (default: the "
+                                                          "config's `jobs`, else 1)")
     p.set_defaults(func=_cmd_pipeline)
 
     p = sub.add_parser("regression", help="run a pipeline with fixed seeds and compare with committed metrics")
@@ -201,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", default="results/baselines/synthetic.json")
     p.add_argument("--update", action="store_true", help="rewrite the baseline from this run")
     p.add_argument("--work-dir", default=None, help="keep the run here (default: a temporary folder)")
+    p.add_argument("--records", default=None, help="compare the pipeline's records in this folder (e.g. the demo's "
+                                                   "results/runs) instead of running it again")
     p.set_defaults(func=_cmd_regression)
 
     p = sub.add_parser("table", help="comparison tables from run records and published numbers")

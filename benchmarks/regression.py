@@ -62,16 +62,25 @@ def make_baseline(config: dict, current: dict[str, float], tolerances: dict | No
 
 
 def run_regression(config_path: str | Path, baseline_path: str | Path, update: bool = False,
-                   work_dir: str | Path | None = None) -> pd.DataFrame:
-    """Run the pipeline into a fresh folder (nothing cached from earlier runs) and compare, or `update`."""
+                   work_dir: str | Path | None = None, records: str | Path | None = None) -> pd.DataFrame:
+    """Run the pipeline into a fresh folder (nothing cached from earlier runs) and compare, or `update`.
+
+    `records`: compare the pipeline's records in that folder (a run that already happened, e.g. the demo's)
+    instead of running it again.
+    """
     cfg = load_config(config_path)
-    with tempfile.TemporaryDirectory(prefix="maet-regression-") as tmp:
-        work = Path(work_dir or tmp)
-        cfg.update(output_dir=str(work / "out"), results_dir=str(work / "runs"), tables_dir=str(work / "tables"))
-        fresh = work / "pipeline.yaml"
-        fresh.write_text(yaml.safe_dump(cfg))
-        run_pipeline(fresh, tables=False)
-        current = measured(read_records(work / "runs"), cfg["name"])
+    if records is not None:
+        current = measured(read_records(records), cfg["name"])
+        if not current:
+            raise RegressionError(f"{records} holds no records of pipeline '{cfg['name']}'; run it first")
+    else:
+        with tempfile.TemporaryDirectory(prefix="maet-regression-") as tmp:
+            work = Path(work_dir or tmp)
+            cfg.update(output_dir=str(work / "out"), results_dir=str(work / "runs"), tables_dir=str(work / "tables"))
+            fresh = work / "pipeline.yaml"
+            fresh.write_text(yaml.safe_dump(cfg))
+            run_pipeline(fresh, tables=False)
+            current = measured(read_records(work / "runs"), cfg["name"])
     baseline_path = Path(baseline_path)
     if update:
         old = json.loads(baseline_path.read_text()) if baseline_path.is_file() else {"metrics": {}}

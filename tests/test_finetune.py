@@ -175,6 +175,9 @@ def test_train_transform_criterion_and_mixup_are_the_official_ones(tmp_path):
     cfg = tiny_finetune_config(tmp_path, tmp_path)
     steps = build_train_transform(cfg).transforms
     assert "RandomResizedCrop" in repr(steps[0]) and "interpolation=bicubic" in repr(steps[0])
+    assert steps[0].scale == (0.08, 1.0)
+    assert build_train_transform(tiny_finetune_config(tmp_path, tmp_path, crop_min_scale=0.5)).transforms[0].scale \
+        == (0.5, 1.0)
     (rand,) = [t for t in steps if isinstance(t, RandAugment)]
     assert rand.num_layers == 2 and all(op.magnitude == 9 and op.magnitude_std == 0.5 for op in rand.ops)
     (erase,) = [t for t in steps if isinstance(t, RandomErasing)]

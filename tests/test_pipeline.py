@@ -79,6 +79,16 @@ def test_plan_orders_stages_and_keys_follow_their_inputs(tmp_path):
     assert again["linprobe/supervised/seed0"] == by_name["linprobe/supervised/seed0"].key
 
 
+def test_a_task_may_run_a_subset_of_the_inits(tmp_path):
+    cfg = config(tmp_path, linprobe=dict(COMMON, epochs=1, inits=["mae", "scratch"]))
+    stages = planned(cfg, tmp_path / "out")
+    assert [s.name for s in stages if s.task == "linprobe"] == ["linprobe/mae/seed0", "linprobe/scratch/seed0"]
+    assert not any("--inits" in s.argv for s in stages)
+    cfg["linprobe"]["inits"] = ["mae", "moco"]
+    with pytest.raises(PipelineError, match=r"linprobe.inits: \['moco'\] are not among"):
+        planned(cfg, tmp_path / "out")
+
+
 def test_selection_needs_the_inputs_of_what_it_selects(tmp_path):
     cfg = config(tmp_path)
     out = Path(cfg["output_dir"])
@@ -94,6 +104,14 @@ def test_real_roots_that_are_absent_are_refused_before_any_work(tmp_path):
     with pytest.raises(DatasetLayoutError, match=r"data.imagenet: .*no-in.*data.pretrain"):
         run_pipeline(write(tmp_path, cfg))
     assert not (tmp_path / "out").exists()
+
+
+def test_a_failing_parallel_stage_stops_the_run_and_names_its_log(tmp_path):
+    cfg = config(tmp_path, jobs=2, finetune=dict(COMMON, model="vit_no_such_preset"))
+    with pytest.raises(PipelineError, match=r"stage finetune/scratch/seed0 failed .*stage\.log"):
+        run_pipeline(write(tmp_path, cfg), only=["finetune/scratch/seed0"], tables=False)
+    (stage,) = (tmp_path / "out").glob("finetune-scratch-seed0-*")
+    assert "vit_no_such_preset" in (stage / "stage.log").read_text() and not (stage / "stage.json").exists()
 
 
 def test_unknown_config_keys_are_refused(tmp_path):

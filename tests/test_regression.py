@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import pytest
+
 from benchmarks.records import make_record
 from benchmarks.regression import compare, make_baseline, measured
 
@@ -30,3 +35,21 @@ def test_compare_marks_what_moved_and_what_is_missing():
     assert table.loc["segmentation/mae/mIoU", "moved"] == "MOVED"  # 7 beyond the default 3
     assert table.loc["linprobe/mae/top1", "moved"] == "MOVED"  # gone from the run
     assert table.loc["detection/mae/bbox_AP", "moved"].startswith("new")
+
+
+def test_records_of_a_finished_run_write_and_then_pass_the_baseline(tmp_path):
+    from benchmarks.records import append_record
+    from benchmarks.regression import RegressionError, run_regression
+
+    pipeline = Path(__file__).resolve().parents[1] / "pipelines" / "synthetic.yaml"
+    runs, baseline = tmp_path / "runs", tmp_path / "baseline.json"
+    with pytest.raises(RegressionError, match="no records of pipeline 'synthetic'"):
+        run_regression(pipeline, baseline, records=runs)
+    append_record(rec("finetune", "mae", {"top1": 25.0}), runs)
+    append_record(rec("detection", "scratch", {"bbox_AP": 0.7, "segm_AP": 0.2}), runs)
+    run_regression(pipeline, baseline, update=True, records=runs)
+    written = json.loads(baseline.read_text())
+    assert written["metrics"]["finetune/mae/top1"] == {"value": 25.0, "tolerance": 3.0}
+    append_record(rec("finetune", "mae", {"top1": 20.0}), runs)  # the latest record of a seed counts
+    with pytest.raises(RegressionError, match="1 metric.*finetune/mae/top1"):
+        run_regression(pipeline, baseline, records=runs)

@@ -186,3 +186,52 @@ def test_argument_errors_and_overwrite(tmp_path):
     assert not stale.exists()
     meta = json.dumps(write_synthetic(tmp_path / "c", num_train=6, num_val=6, img_size=32, layouts=("coco",)))
     assert "imagenet" not in meta
+
+
+def _instance_std(scene, i: int) -> float:
+    return float(scene.image[scene.visible_mask(i)].astype(np.float32).std(0).mean())
+
+
+def test_class_textures_tie_the_surface_pattern_to_the_class():
+    """textures="class": stars are always flat (pixel noise only); with the default they are often patterned."""
+    star = SHAPE_CLASSES.index("star")
+
+    def star_stds(textures):
+        return [_instance_std(sc, i) for sc in iter_scenes(5, "train", 60, img_size=64, textures=textures)
+                for i, c in enumerate(sc.classes) if c == star]
+
+    tied, free = star_stds("class"), star_stds("random")
+    assert len(tied) >= 10 and max(tied) < 10  # noise of std <= 0.03 x 255
+    assert max(free) > 20
+
+
+def _background_residual(scene) -> float:
+    """Std of the background pixels after removing the best plane per channel (the gradient)."""
+    ys, xs = np.nonzero(scene.instance_map == -1)
+    design = np.stack([np.ones_like(xs), xs, ys], 1).astype(np.float64)
+    values = scene.image[ys, xs].astype(np.float64)
+    coef, *_ = np.linalg.lstsq(design, values, rcond=None)
+    return float((values - design @ coef).std(0).mean())
+
+
+def test_plain_background_is_gradient_and_noise_only():
+    plain = [_background_residual(sc) for sc in iter_scenes(5, "val", 30, img_size=64, background="plain")]
+    textured = [_background_residual(sc) for sc in iter_scenes(5, "val", 30, img_size=64)]
+    assert max(plain) < 14  # pixel noise of std <= 0.05 x 255
+    assert max(textured) > 20
+
+
+def test_main_radius_sets_the_dominant_size_and_options_are_checked(tmp_path):
+    def dominant_area(**options):
+        return np.mean([(sc.instance_map == sc.classes.index(sc.label)).sum()
+                        for sc in iter_scenes(5, "train", 24, img_size=64, max_instances=1, **options)])
+
+    assert dominant_area(main_radius=(0.35, 0.4)) > 1.5 * dominant_area(main_radius=(0.18, 0.22))
+    for bad, match in [(dict(textures="stripes"), "textures"), (dict(background="noisy"), "background"),
+                       (dict(main_radius=(0.3, 0.2)), "main_radius")]:
+        with pytest.raises(ValueError, match=match):
+            write_synthetic(tmp_path / "x", num_train=6, num_val=6, **bad)
+    summary = write_synthetic(tmp_path / "y", num_train=6, num_val=6, img_size=32, layouts=("imagenet",),
+                              textures="class", background="plain")
+    assert summary["scenes"] == {"max_instances": 4, "textures": "class", "background": "plain",
+                                 "main_radius": (0.18, 0.32)}

@@ -2,9 +2,12 @@
 
 Each scene is a textured background with 1..`max_instances` shapes of `num_classes` kinds (circle,
 square, triangle, cross, ring, star), each with its own random colour, texture, size, rotation and
-position. Shapes may overlap (later ones occlude earlier ones) and may be cut by the frame. Colours
-and textures are drawn independently of the class, so only the geometry tells classes apart: a model
-that learns shapes beats chance, one that does not stays at chance.
+position. Shapes may overlap (later ones occlude earlier ones) and may be cut by the frame. By default
+colours and textures are drawn independently of the class, so only the geometry tells classes apart: a
+model that learns shapes beats chance, one that does not stays at chance. `textures="class"` gives each
+class its own surface pattern (as real categories have a typical look; colours stay random), and
+`background="plain"` drops the background's texture: the demo pipeline's scenes, where a CPU-sized
+ViT can learn in minutes what a 2-core budget allows (see pipelines/synthetic.yaml).
 
 The same scenes back all three layouts, so their labels agree exactly:
 - ImageNet `imagenet/{train,val}/<shape>/<split>_%08d.JPEG`: the class is the image's dominant shape
@@ -63,6 +66,11 @@ _ADE_PREFIX = {"train": "ADE_train", "val": "ADE_val"}
 _MAIN_RADIUS = (0.18, 0.32)
 _DISTRACTOR_RADIUS = (0.10, 0.22)
 _MAX_TRIES = 20
+# textures="class": each class's surface pattern (`_pattern` kinds: 0 flat, 1 stripes, 2 checker, 3 noise,
+# 4 dots, 5 rings), as real categories have a typical appearance; colours, scales and angles stay random.
+_CLASS_TEXTURE = (5, 2, 4, 1, 3, 0)
+TEXTURES: tuple[str, ...] = ("random", "class")
+BACKGROUNDS: tuple[str, ...] = ("textured", "plain")
 _MIN_CONTRAST = 0.35  # RGB distance in [0, 1] units between a shape's colour and the background under it
 
 
@@ -156,9 +164,12 @@ def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
     return yy, xx
 
 
-def _pattern(rng: np.random.Generator, size: int) -> np.ndarray:
-    """A random texture in [-1, 1]: flat, stripes, checker or noise (same draws for every kind)."""
-    kind = rng.integers(4)
+def _pattern(rng: np.random.Generator, size: int, kind: int | None = None) -> np.ndarray:
+    """A texture in [-1, 1]: flat, stripes, checker, noise (drawn when `kind` is None), dots or rings.
+
+    The draws are the same for every kind, so fixing the kind changes no other random number.
+    """
+    kind = rng.integers(4) if kind is None else kind
     period = rng.uniform(3.0, 9.0) * max(size / 64, 0.5)
     angle = rng.uniform(0, math.pi)
     noise = rng.standard_normal((size, size)).astype(np.float32)
@@ -168,21 +179,27 @@ def _pattern(rng: np.random.Generator, size: int) -> np.ndarray:
     if kind == 1:
         t = xx * math.cos(angle) + yy * math.sin(angle)
         return np.sign(np.sin(2 * math.pi * t / period)).astype(np.float32)
-    if kind == 2:
+    if kind in (2, 4):
         u = xx * math.cos(angle) + yy * math.sin(angle)
         v = -xx * math.sin(angle) + yy * math.cos(angle)
-        return np.sign(np.sin(math.pi * u / period) * np.sin(math.pi * v / period)).astype(np.float32)
+        wave = np.sin(math.pi * u / period) * np.sin(math.pi * v / period)
+        return np.sign(wave if kind == 2 else wave - 0.5).astype(np.float32)
+    if kind == 5:  # concentric rings about a point set by the angle draw
+        r = np.hypot(xx - size * angle / math.pi, yy - size / 2)
+        return np.sign(np.sin(2 * math.pi * r / period)).astype(np.float32)
     return np.clip(noise / 2, -1, 1)
 
 
-def _background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """Linear gradient between two random colours, a luminance texture and pixel noise, (S, S, 3) float."""
+def _background(rng: np.random.Generator, size: int, textured: bool = True) -> np.ndarray:
+    """Linear gradient between two random colours, a luminance texture (unless plain) and pixel noise, (S, S, 3)."""
     c0, c1 = rng.uniform(0, 1, (2, 3)).astype(np.float32)
     theta = rng.uniform(0, 2 * math.pi)
     yy, xx = _grid(size)
     t = ((xx - size / 2) * math.cos(theta) + (yy - size / 2) * math.sin(theta)) / size + 0.5
     img = c0 + (c1 - c0) * t[..., None]
-    img += rng.uniform(0.03, 0.15) * _pattern(rng, size)[..., None]
+    amplitude, pattern = rng.uniform(0.03, 0.15), _pattern(rng, size)  # drawn either way: same later draws
+    if textured:
+        img += amplitude * pattern[..., None]
     img += rng.uniform(0.005, 0.04) * rng.standard_normal((size, size, 3)).astype(np.float32)
     return img
 
@@ -202,13 +219,21 @@ def generate_scene(
     max_instances: int = 4,
     min_area: int | None = None,
     min_visible_frac: float = 0.3,
+    textures: str = "random",
+    background: str = "textured",
+    main_radius: tuple[float, float] = _MAIN_RADIUS,
 ) -> Scene:
     """Render one scene whose dominant shape is of class `label`.
 
     The dominant instance is drawn first (larger, near the centre); each distractor gets a random
     class, size, position and depth (it may go under or over earlier ones) and is redrawn when it
     would break the visibility thresholds or the strict dominance of `label`.
+
+    `textures`: "random" (every surface draws flat, stripes, checker or noise) or "class" (each shape
+    wears its class's pattern, see `_CLASS_TEXTURE`); `background`: "textured" or "plain" (gradient and
+    pixel noise only); `main_radius`: the dominant shape's outer radius range, as a fraction of the side.
     """
+    _check_scene_options(textures, background, main_radius)
     size = img_size
     if min_area is None:
         min_area = max(16, size * size // 256)
@@ -222,7 +247,7 @@ def generate_scene(
         is_main = slot == 0
         for _ in range(_MAX_TRIES if not is_main else 10 * _MAX_TRIES):
             cls = label if is_main else int(rng.integers(num_classes))
-            lo, hi = _MAIN_RADIUS if is_main else _DISTRACTOR_RADIUS
+            lo, hi = main_radius if is_main else _DISTRACTOR_RADIUS
             r = rng.uniform(lo, hi) * size
             cx, cy = rng.uniform(0.25, 0.75, 2) * size if is_main else rng.uniform(0, 1, 2) * size
             theta = rng.uniform(0, 2 * math.pi)
@@ -249,7 +274,7 @@ def generate_scene(
                 raise RuntimeError(f"cannot place a {kinds[label]} of >= {min_area} px in {size}x{size}")
     inst = _paint(masks, size)
 
-    img = _background(rng, size)
+    img = _background(rng, size, textured=background == "textured")
     for i in range(len(masks)):
         vis = inst == i
         under = img[vis].mean(0)
@@ -258,11 +283,21 @@ def generate_scene(
             if np.linalg.norm(colour - under) >= _MIN_CONTRAST:
                 break
         second = np.clip(colour + rng.uniform(-0.35, 0.35, 3).astype(np.float32), 0, 1)
-        t = (_pattern(rng, size)[vis] + 1) / 2  # 0 -> colour, 1 -> second
+        kind = _CLASS_TEXTURE[classes[i]] if textures == "class" else None
+        t = (_pattern(rng, size, kind)[vis] + 1) / 2  # 0 -> colour, 1 -> second
         img[vis] = colour + (second - colour) * t[:, None]
     img += rng.uniform(0.005, 0.03) * rng.standard_normal(img.shape).astype(np.float32)
     image = np.clip(np.rint(img * 255), 0, 255).astype(np.uint8)
     return Scene(image=image, instance_map=inst, classes=classes, label=label)
+
+
+def _check_scene_options(textures: str, background: str, main_radius: Sequence[float]) -> None:
+    if textures not in TEXTURES:
+        raise ValueError(f"textures must be one of {TEXTURES}, got {textures!r}")
+    if background not in BACKGROUNDS:
+        raise ValueError(f"background must be one of {BACKGROUNDS}, got {background!r}")
+    if len(main_radius) != 2 or not 0 < main_radius[0] <= main_radius[1] <= 0.5:
+        raise ValueError(f"main_radius must be (lo, hi) with 0 < lo <= hi <= 0.5 of the side, got {main_radius}")
 
 
 def iter_scenes(
@@ -272,8 +307,12 @@ def iter_scenes(
     img_size: int = 64,
     num_classes: int = len(SHAPE_CLASSES),
     max_instances: int = 4,
+    **scene_options,
 ) -> Iterator[Scene]:
-    """The scenes `write_synthetic` writes for one split, in order, without touching the disk."""
+    """The scenes `write_synthetic` writes for one split, in order, without touching the disk.
+
+    `scene_options` are `generate_scene`'s `textures`, `background` and `main_radius`.
+    """
     if split not in _SPLITS:
         raise ValueError(f"split must be one of {sorted(_SPLITS)}, got {split!r}")
     code = _SPLITS[split]
@@ -282,7 +321,7 @@ def iter_scenes(
     labels = np.random.default_rng([seed, code, 1]).permutation(np.arange(num) % num_classes)
     for i in range(num):
         rng = np.random.default_rng([seed, code, 0, i])
-        yield generate_scene(rng, int(labels[i]), img_size, num_classes, max_instances)
+        yield generate_scene(rng, int(labels[i]), img_size, num_classes, max_instances, **scene_options)
 
 
 def _encode(img: Image.Image, **save_kw) -> bytes:
@@ -324,6 +363,9 @@ def write_synthetic(
     num_classes: int = len(SHAPE_CLASSES),
     max_instances: int = 4,
     layouts: Sequence[str] = LAYOUTS,
+    textures: str = "random",
+    background: str = "textured",
+    main_radius: Sequence[float] = _MAIN_RADIUS,
     ade_ignore_boundary: bool = False,
     jpeg_quality: int = 95,
     overwrite: bool = False,
@@ -344,6 +386,8 @@ def write_synthetic(
         )
     if max_instances < 1:
         raise ValueError(f"max_instances must be >= 1, got {max_instances}")
+    _check_scene_options(textures, background, main_radius)
+    scene_options = dict(textures=textures, background=background, main_radius=tuple(main_radius))
     unknown = set(layouts) - set(LAYOUTS)
     if unknown or not layouts:
         raise ValueError(f"layouts must be a non-empty subset of {LAYOUTS}, got {tuple(layouts)}")
@@ -368,6 +412,7 @@ def write_synthetic(
         "img_size": img_size,
         "classes": classes,
         "counts": {"train": num_train, "val": num_val},
+        "scenes": {"max_instances": max_instances, **scene_options},
     }
     if "imagenet" in layouts:
         summary["imagenet"] = {"root": str(roots["imagenet"]), "classes": sorted(classes), "per_class": {}}
@@ -398,7 +443,8 @@ def write_synthetic(
             ade_img.mkdir(parents=True, exist_ok=True)
             ade_ann.mkdir(parents=True, exist_ok=True)
 
-        for idx, scene in enumerate(iter_scenes(seed, split, num, img_size, num_classes, max_instances)):
+        for idx, scene in enumerate(iter_scenes(seed, split, num, img_size, num_classes, max_instances,
+                                                         **scene_options)):
             image_id = idx + 1
             jpeg = _encode(Image.fromarray(scene.image), format="JPEG", quality=jpeg_quality)
             if "imagenet" in layouts:

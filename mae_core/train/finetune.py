@@ -57,6 +57,7 @@ class FinetuneConfig(RunOptions):
     reprob: float = 0.25
     remode: str = "pixel"
     recount: int = 1
+    crop_min_scale: float = 0.08  # RandomResizedCrop's area range is (crop_min_scale, 1), timm's and the official
 
     @property
     def mixup_active(self) -> bool:
@@ -68,7 +69,7 @@ def build_train_transform(cfg: FinetuneConfig):
     return create_transform(input_size=cfg.img_size, is_training=True, color_jitter=None,
                             auto_augment=None if cfg.aa in ("", "none") else cfg.aa, interpolation="bicubic",
                             re_prob=cfg.reprob, re_mode=cfg.remode, re_count=cfg.recount,
-                            mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD)
+                            scale=(cfg.crop_min_scale, 1.0), mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD)
 
 
 def build_mixup(cfg: FinetuneConfig, num_classes: int) -> Mixup | None:
