@@ -16,7 +16,7 @@ from mae_core.checkpoints import build_mae_from_checkpoint
 from mae_core.train.metrics import MetricsLog
 from mae_core.visualize import load_images, visualize
 
-from .pipeline import data_roots, load_config, run_pipeline
+from .pipeline import data_roots, load_config, run_pipeline, tables_dir
 from .plots import plot_loss_curve
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "pipelines" / "synthetic.yaml"
@@ -28,7 +28,7 @@ def run_demo(config: str | Path = DEMO_CONFIG, jobs: int | None = None, seed: in
     stages = run_pipeline(config, jobs=jobs)
     cfg = load_config(config)
     out = Path(cfg["output_dir"])
-    result: dict = {"stages": stages, "tables": Path(cfg.get("tables_dir") or "results/tables")}
+    result: dict = {"stages": stages, "tables": tables_dir(cfg)}
     pretrain = next((s for s in stages if s.task == "pretrain"), None)
     if pretrain is not None:
         model, _ = build_mae_from_checkpoint(pretrain.checkpoint)

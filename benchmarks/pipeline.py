@@ -137,6 +137,11 @@ def data_roots(cfg: dict, out: Path) -> dict[str, Path]:
     return {name: Path(data[name]) for name in LAYOUT_OF if name in data}
 
 
+def tables_dir(cfg: dict) -> Path:
+    """Where the pipeline's tables go: the config's `tables_dir`, else results/tables."""
+    return Path(cfg.get("tables_dir") or "results/tables")
+
+
 def content_key(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -376,7 +381,7 @@ def run_pipeline(config: str | Path, only: list[str] = (), skip: list[str] = (),
     if tables:
         from .tables import write_tables
 
-        report = write_tables(cfg.get("results_dir"), out=cfg.get("tables_dir") or "results/tables")
+        report = write_tables(cfg.get("results_dir"), out=tables_dir(cfg))
         section = report.split(f"## {cfg['name']} (measured)")
         print(f"## {cfg['name']} (measured)" + section[1].split("\n## ")[0] if len(section) > 1 else report)
     return chosen
