@@ -60,7 +60,8 @@ def test_tiny_protocol_is_the_demo_encoder_and_builds(one_thread):
     rel = [p for n, p in model.named_parameters() if ".rel_pos_" in n]
     assert rel and all(float(p.detach().abs().sum()) == 0 for p in rel)  # zero-initialised relative position
     assert model.backbone.net.pos_embed.shape[1] == 1 + (64 // 8) ** 2  # the pretraining grid, cls slot kept
-    assert sorted(model.backbone.output_shape()) == ["p1", "p2", "p3", "p4", "p5"]
+    strides = {name: shape.stride for name, shape in model.backbone.output_shape().items()}
+    assert strides == {"p2": 4, "p3": 8, "p4": 16, "p5": 32}  # ViT-B's p2..p5 (patch 8 at scales 2, 1, 0.5)
 
 
 def test_set_max_iter_scales_schedule():

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from benchmarks.pipeline import PipelineError, data_roots, load_config, plan, run_pipeline, select
+from benchmarks.pipeline import PipelineError, Stage, data_roots, load_config, plan, run_pipeline, select, start_order
 from benchmarks.records import read_records
 from mae_core.errors import DatasetLayoutError
 
@@ -112,6 +112,14 @@ def test_a_failing_parallel_stage_stops_the_run_and_names_its_log(tmp_path):
         run_pipeline(write(tmp_path, cfg), only=["finetune/scratch/seed0"], tables=False)
     (stage,) = (tmp_path / "out").glob("finetune-scratch-seed0-*")
     assert "vit_no_such_preset" in (stage / "stage.log").read_text() and not (stage / "stage.json").exists()
+
+
+def test_parallel_stages_start_with_what_others_wait_on_then_the_longest_tasks():
+    ready = [Stage(f"{task}/scratch/seed0", task, []) for task in ("finetune", "linprobe", "detection", "segmentation")]
+    ready += [Stage("finetune/mae/seed0", "finetune", []), Stage("supervised", "supervised", [])]
+    assert [s.name for s in start_order(ready)] == [
+        "supervised", "detection/scratch/seed0", "segmentation/scratch/seed0", "finetune/scratch/seed0",
+        "finetune/mae/seed0", "linprobe/scratch/seed0"]
 
 
 def test_unknown_config_keys_are_refused(tmp_path):

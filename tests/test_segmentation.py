@@ -95,6 +95,8 @@ def test_large_and_tiny_protocols_share_the_code_path(tmp_path):
     b = tiny.model.backbone  # the demo's pretrained MAE: width 192, depth 6, 3 heads, patch 8, 64 px
     assert (b.embed_dims, b.num_layers, b.num_heads, b.patch_size, tuple(b.img_size)) == (192, 6, 3, 8, (64, 64))
     assert list(b.out_indices) == [1, 2, 3, 5] and tiny.optim_wrapper.paramwise_cfg.num_layers == 6
+    published_strides = [base.model.backbone.patch_size / r for r in base.model.neck.rescales]
+    assert [b.patch_size / r for r in tiny.model.neck.rescales] == published_strides == [4, 8, 16, 32]
 
 
 def test_layer_decay_reaches_the_optimizer(ade_root, tmp_path):
