@@ -51,6 +51,10 @@ PRODUCES = {"pretrain": "mae_pretrain.pth", "supervised": "finetuned.pth"}  # ch
 # from the longest to the shortest, so that the short ones fill the gaps at the end (in the plan's order the
 # demo ended on a long segmentation stage with one core idle).
 START_ORDER = ("pretrain", "supervised", "detection", "segmentation", "finetune", "linprobe")
+# The folders of the protocol files that a dense task's `--config` names. A protocol imports its neighbours
+# (tiny -> ViT-B -> the LSJ loader; mmseg `_base_`s), so the text of the whole folder enters the stage key.
+PROTOCOL_DIRS = {task: Path(__file__).resolve().parents[1] / "transfer" / task / "configs"
+                 for task in ("detection", "segmentation")}
 LAYOUT_OF = {"pretrain": "imagenet", "imagenet": "imagenet", "coco": "coco", "ade20k": "ade20k"}
 
 
@@ -181,7 +185,7 @@ def plan(cfg: dict, roots: dict[str, Path], out: Path) -> list[Stage]:
                 stages[name] = _stage(name, task, roots, options, record + ["--init-name", init], inputs)
     for stage in stages.values():  # keys after all stages exist: an input's key enters its users' keys
         inputs = {i: stages[i].key for i in stage.inputs}
-        files = {p: sha256_file(p) for p in _user_files(stage.argv)}
+        files = {**{p: sha256_file(p) for p in _user_files(stage.argv)}, **_protocol_files(stage)}
         stage.key = content_key({"argv": stage.argv, "inputs": inputs, "files": files})
         stage.folder = out / f"{stage.name.replace('/', '-')}-{stage.key[:10]}"
     return list(stages.values())
@@ -206,6 +210,19 @@ def _init_checkpoint(cfg, stages, init, source) -> tuple[str, list[str]]:
 def _user_files(argv: list[str]) -> list[str]:
     """Checkpoint files a command reads that no stage produced (published weights): their hash enters the key."""
     return [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--init" and Path(argv[i + 1]).is_file()]
+
+
+def _protocol_files(stage: Stage) -> dict[str, str]:
+    """The hashes of the protocol files behind a dense stage's `--config` (a user's file, or the shipped
+    folder): an edited protocol re-runs its stages."""
+    if stage.task not in PROTOCOL_DIRS:
+        return {}
+    argv = stage.argv
+    config = argv[argv.index("--config") + 1] if "--config" in argv[:-1] else ""
+    if Path(config).is_file():
+        return {config: sha256_file(config)}
+    folder = PROTOCOL_DIRS[stage.task]
+    return {str(f.relative_to(folder)): sha256_file(f) for f in sorted(folder.rglob("*.py"))}
 
 
 def resolve(stage: Stage, stages: dict[str, Stage]) -> list[str]:

@@ -79,6 +79,34 @@ def test_plan_orders_stages_and_keys_follow_their_inputs(tmp_path):
     assert again["linprobe/supervised/seed0"] == by_name["linprobe/supervised/seed0"].key
 
 
+def test_an_edited_protocol_file_rekeys_the_stages_that_use_it(tmp_path, monkeypatch):
+    from benchmarks import pipeline
+
+    shipped = pipeline.PROTOCOL_DIRS
+    assert (shipped["detection"] / "COCO" / "mask_rcnn_vitdet_tiny_synthetic.py").is_file()
+    assert (shipped["segmentation"] / "mae_vit_tiny_upernet_synthetic_ade20k_64x64.py").is_file()
+    folder = tmp_path / "protocols"
+    folder.mkdir()
+    (folder / "tiny.py").write_text("lr = 1e-3\n")
+    monkeypatch.setitem(pipeline.PROTOCOL_DIRS, "detection", folder)
+    cfg = config(tmp_path, detection={"config": "tiny", "max_iter": 1, "inits": ["scratch"]})
+
+    def keys() -> dict[str, str]:
+        return {s.name: s.key for s in planned(cfg, tmp_path / "out")}
+
+    before = keys()
+    (folder / "tiny.py").write_text("lr = 3e-3\n")
+    after = keys()
+    assert after["detection/scratch/seed0"] != before["detection/scratch/seed0"]
+    assert after["finetune/scratch/seed0"] == before["finetune/scratch/seed0"]
+    own = tmp_path / "my_protocol.py"  # a user's own LazyConfig file counts the same way
+    own.write_text("lr = 1e-3\n")
+    cfg["detection"]["config"] = str(own)
+    first = keys()["detection/scratch/seed0"]
+    own.write_text("lr = 3e-3\n")
+    assert keys()["detection/scratch/seed0"] != first
+
+
 def test_a_task_may_run_a_subset_of_the_inits(tmp_path):
     cfg = config(tmp_path, linprobe=dict(COMMON, epochs=1, inits=["mae", "scratch"]))
     stages = planned(cfg, tmp_path / "out")
