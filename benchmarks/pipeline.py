@@ -2,10 +2,10 @@
 
 Every stage is one `maet` command run in a subprocess, exactly what a user would type (its own
 progress bars, logs and run record), in a folder named by the stage's content key: a hash of its
-command line and of the checkpoints it starts from. A finished stage leaves `stage.json` there, so
-a second run skips it; a killed stage leaves its engine's resumable checkpoint, so running the
-pipeline again resumes it. Changing a recipe value or an input checkpoint changes the key: a new
-run, never a stale one.
+command line, of the checkpoints it starts from and of the detection / segmentation protocol files
+it reads. A finished stage leaves `stage.json` there, so a second run skips it; a killed stage
+leaves its engine's resumable checkpoint, so running the pipeline again resumes it. Changing a
+recipe value, a protocol file or an input checkpoint changes the key: a new run, never a stale one.
 
 The config (see pipelines/synthetic.yaml) names the data (generated, or real roots), the MAE
 pretraining (or a given checkpoint), the supervised baseline (classification from scratch on the
