@@ -32,6 +32,8 @@ import yaml
 
 from mae_core.checkpoints import sha256_file
 from mae_core.errors import DatasetLayoutError, MAETransferError
+from transfer.detection.config import CONFIG_DIR as DETECTION_CONFIGS
+from transfer.segmentation import CONFIG_DIR as SEGMENTATION_CONFIGS
 
 TASKS = ("finetune", "linprobe", "detection", "segmentation")
 BUILTIN_INITS = ("mae", "supervised", "scratch")
@@ -51,10 +53,9 @@ PRODUCES = {"pretrain": "mae_pretrain.pth", "supervised": "finetuned.pth"}  # ch
 # from the longest to the shortest, so that the short ones fill the gaps at the end (in the plan's order the
 # demo ended on a long segmentation stage with one core idle).
 START_ORDER = ("pretrain", "supervised", "detection", "segmentation", "finetune", "linprobe")
-# The folders of the protocol files that a dense task's `--config` names. A protocol imports its neighbours
-# (tiny -> ViT-B -> the LSJ loader; mmseg `_base_`s), so the text of the whole folder enters the stage key.
-PROTOCOL_DIRS = {task: Path(__file__).resolve().parents[1] / "transfer" / task / "configs"
-                 for task in ("detection", "segmentation")}
+# The shipped protocol files of the dense tasks. A protocol imports its neighbours (tiny -> ViT-B -> the LSJ
+# loader; mmseg `_base_`s), and a user's own may import them too, so the whole folder enters the stage key.
+PROTOCOL_DIRS = {"detection": DETECTION_CONFIGS, "segmentation": SEGMENTATION_CONFIGS}
 LAYOUT_OF = {"pretrain": "imagenet", "imagenet": "imagenet", "coco": "coco", "ade20k": "ade20k"}
 
 
@@ -213,16 +214,14 @@ def _user_files(argv: list[str]) -> list[str]:
 
 
 def _protocol_files(stage: Stage) -> dict[str, str]:
-    """The hashes of the protocol files behind a dense stage's `--config` (a user's file, or the shipped
-    folder): an edited protocol re-runs its stages."""
+    """The hashes of the protocol files a dense stage may read (the shipped folder, and the user's own file if
+    `--config` names one): an edited protocol re-runs its stages."""
     if stage.task not in PROTOCOL_DIRS:
         return {}
-    argv = stage.argv
-    config = argv[argv.index("--config") + 1] if "--config" in argv[:-1] else ""
-    if Path(config).is_file():
-        return {config: sha256_file(config)}
     folder = PROTOCOL_DIRS[stage.task]
-    return {str(f.relative_to(folder)): sha256_file(f) for f in sorted(folder.rglob("*.py"))}
+    files = {str(f.relative_to(folder)): sha256_file(f) for f in sorted(folder.rglob("*.py"))}
+    config = stage.argv[stage.argv.index("--config") + 1] if "--config" in stage.argv[:-1] else ""
+    return {**files, config: sha256_file(config)} if Path(config).is_file() else files
 
 
 def resolve(stage: Stage, stages: dict[str, Stage]) -> list[str]:
