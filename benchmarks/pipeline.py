@@ -286,9 +286,6 @@ def launch_command(stage: Stage, launcher: str | None) -> list[str]:
 
 def run_stage(stage: Stage, stages: dict[str, Stage], position: str, launcher: str | None = None) -> None:
     """Run one stage in the foreground (its progress bars on this terminal)."""
-    if stage.done:
-        print(f"[{position}] {stage.name}: done earlier ({stage.folder}), skipped", flush=True)
-        return
     argv = resolve(stage, stages)
     print(f"[{position}] {stage.name}: maet {shlex.join(argv)}", flush=True)
     t0 = time.perf_counter()
@@ -323,9 +320,6 @@ def run_parallel(chosen: list[Stage], stages: dict[str, Stage], jobs: int, launc
     """
     total, index = len(chosen), {s.name: i for i, s in enumerate(chosen, 1)}
     pending = [s for s in chosen if not s.done]
-    for s in chosen:
-        if s.done:
-            print(f"[{index[s.name]}/{total}] {s.name}: done earlier ({s.folder}), skipped", flush=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // jobs))}
     running: dict[str, tuple[Stage, subprocess.Popen, list[str], float]] = {}
     last_beat = time.perf_counter()
@@ -396,13 +390,16 @@ def run_pipeline(config: str | Path, only: list[str] = (), skip: list[str] = (),
     t0 = time.perf_counter()
     if "generate" in cfg["data"]:
         generate_data(cfg, roots)
-    for stage in chosen:
+    for i, stage in enumerate(chosen, 1):
         stage.folder.mkdir(parents=True, exist_ok=True)
+        if stage.done:
+            print(f"[{i}/{len(chosen)}] {stage.name}: done earlier ({stage.folder}), skipped", flush=True)
     if jobs > 1:
         run_parallel(chosen, by_name, jobs, cfg.get("launcher"))
     else:
         for i, stage in enumerate(chosen, 1):
-            run_stage(stage, by_name, f"{i}/{len(chosen)}", cfg.get("launcher"))
+            if not stage.done:
+                run_stage(stage, by_name, f"{i}/{len(chosen)}", cfg.get("launcher"))
     print(f"pipeline '{cfg['name']}': {len(chosen)} stages in {time.perf_counter() - t0:.0f} s", flush=True)
     if tables:
         from .tables import write_tables
