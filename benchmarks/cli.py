@@ -3,43 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
-import types
-import typing
 from pathlib import Path
 
 from mae_core.errors import MAETransferError
 
-
-def add_dataclass_args(parser: argparse.ArgumentParser, cls, required=()) -> None:
-    """Expose every field of a config dataclass as `--field-name` (bools get --x/--no-x, dicts take JSON)."""
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        flag, hint = "--" + f.name.replace("_", "-"), hints[f.name]
-        has_default = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
-        default = None if not has_default else (
-            f.default if f.default is not dataclasses.MISSING else f.default_factory())
-        kind = _base_type(hint)
-        help_text = f"default: {default}" if has_default else "required"
-        if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
-        elif kind is dict:
-            parser.add_argument(flag, type=json.loads, default=default, metavar="JSON", help=help_text)
-        else:
-            parser.add_argument(flag, type=kind, default=default, required=not has_default or f.name in required,
-                                help=help_text)
-
-
-def _base_type(hint):
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        hint = next(a for a in typing.get_args(hint) if a is not type(None))
-    return typing.get_origin(hint) or hint
-
-
-def dataclass_from_args(cls, args: argparse.Namespace):
-    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+from .cli_args import Number, Parser, PathArg, add_dataclass_args, dataclass_from_args
 
 
 def _cmd_pretrain(args) -> None:
@@ -154,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_detection import add_detection_commands
     from .cli_segmentation import add_segmentation_commands
 
-    parser = argparse.ArgumentParser(prog="maet", description="Masked Autoencoders and their transfer benchmarks")
+    parser = Parser(prog="maet", description="Masked Autoencoders and their transfer benchmarks")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("pretrain", help="MAE pretraining on an ImageNet-layout folder (torchrun for DDP)")
@@ -166,78 +136,94 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("make-data", help="write generated data sets in the real on-disk layouts")
     p.add_argument("kind", choices=["synthetic"])
-    p.add_argument("--out", required=True)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num-train", type=int, default=1000)
-    p.add_argument("--num-val", type=int, default=200)
-    p.add_argument("--img-size", type=int, default=64)
-    p.add_argument("--max-instances", type=int, default=4, help="shapes per scene: 1..N")
+    p.add_argument("--out", required=True, type=PathArg("output"), help="root folder of the layouts")
+    p.add_argument("--seed", type=Number(int, 0), default=0, help="seed of every scene (same seed, same bytes)")
+    p.add_argument("--num-train", type=Number(int, 1), default=1000, help="training scenes")
+    p.add_argument("--num-val", type=Number(int, 1), default=200, help="validation scenes")
+    p.add_argument("--img-size", type=Number(int, 16), default=64, help="scene side in pixels")
+    p.add_argument("--max-instances", type=Number(int, 1), default=4, help="shapes per scene: 1..N")
     p.add_argument("--textures", choices=["random", "class"], default="random",
                    help="'class': each shape wears its class's pattern; 'random': only geometry tells classes apart")
-    p.add_argument("--background", choices=["textured", "plain"], default="textured")
+    p.add_argument("--background", choices=["textured", "plain"], default="textured",
+                   help="'textured': a random pattern behind the shapes; 'plain': one colour")
     p.set_defaults(func=_cmd_make_data)
 
     p = sub.add_parser("visualize", help="reconstruction grid of an MAE checkpoint (decoder included)")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--images", required=True, help="folder searched recursively for images")
-    p.add_argument("--out", default="reconstructions.png")
-    p.add_argument("--num-images", type=int, default=8)
-    p.add_argument("--mask-ratio", type=float, default=0.75)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint", required=True, type=PathArg("exists"),
+                   help="an MAE checkpoint with its decoder (ours, official full or visualize file, HF)")
+    p.add_argument("--images", required=True, type=PathArg("dir"), help="folder searched recursively for images")
+    p.add_argument("--out", default="reconstructions.png", type=PathArg("file-out"), help="PNG to write")
+    p.add_argument("--num-images", type=Number(int, 1), default=8, help="rows of the grid")
+    p.add_argument("--mask-ratio", type=Number(float, 0.0, 0.99), default=0.75, help="fraction of patches removed")
+    p.add_argument("--seed", type=Number(int, 0), default=0, help="seed of the masking noise")
     p.set_defaults(func=_cmd_visualize)
 
     p = sub.add_parser("demo", help="the end-to-end CPU demo on generated data: the synthetic pipeline, its tables, "
                                     "the MAE's reconstructions")
-    p.add_argument("--config", default=None, help="pipeline YAML (default: pipelines/synthetic.yaml)")
-    p.add_argument("--jobs", type=int, default=None, help="stages run at once (default: the config's)")
-    p.add_argument("--seed", type=int, default=0, help="masking seed of the reconstruction grid")
+    p.add_argument("--config", default=None, type=PathArg("exists"),
+                   help="pipeline YAML (default: pipelines/synthetic.yaml)")
+    p.add_argument("--jobs", type=Number(int, 1), default=None, help="stages run at once (default: the config's)")
+    p.add_argument("--seed", type=Number(int, 0), default=0, help="masking seed of the reconstruction grid")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("pipeline", help="pretrain -> finetune / linprobe / detection / segmentation for each init, "
                                         "cached by content; tables at the end")
-    p.add_argument("--config", required=True, help="pipeline YAML (shipped: pipelines/*.yaml)")
+    p.add_argument("--config", required=True, type=PathArg("exists"), help="pipeline YAML (shipped: pipelines/*.yaml)")
     p.add_argument("--only", default=None, help="comma-separated stages to run: a task, an init, a stage name or glob")
     p.add_argument("--skip", default=None, help="comma-separated stages to leave out (same patterns as --only)")
     p.add_argument("--tables", action=argparse.BooleanOptionalAction, default=True, help="write and print the tables")
     p.add_argument("--dry-run", action="store_true", help="list the stages, their state and commands; run nothing")
-    p.add_argument("--jobs", type=int, default=None, help="stages run at once, CPU threads shared out (default: the "
-                                                          "config's `jobs`, else 1)")
+    p.add_argument("--jobs", type=Number(int, 1), default=None,
+                   help="stages run at once, CPU threads shared out (default: the config's `jobs`, else 1)")
     p.set_defaults(func=_cmd_pipeline)
 
     p = sub.add_parser("regression", help="run a pipeline with fixed seeds and compare with committed metrics")
-    p.add_argument("--config", default="pipelines/synthetic.yaml")
-    p.add_argument("--baseline", default="results/baselines/synthetic.json")
+    p.add_argument("--config", default="pipelines/synthetic.yaml", type=PathArg("exists"),
+                   help="pipeline YAML to run with fixed seeds")
+    p.add_argument("--baseline", default="results/baselines/synthetic.json",
+                   help="committed metrics and tolerances (written by --update)")
     p.add_argument("--update", action="store_true", help="rewrite the baseline from this run")
-    p.add_argument("--work-dir", default=None, help="keep the run here (default: a temporary folder)")
-    p.add_argument("--records", default=None, help="compare the pipeline's records in this folder (e.g. the demo's "
-                                                   "results/runs) instead of running it again")
+    p.add_argument("--work-dir", default=None, type=PathArg("output"),
+                   help="keep the run here (default: a temporary folder)")
+    p.add_argument("--records", default=None, type=PathArg("dir"),
+                   help="compare the pipeline's records in this folder (e.g. the demo's results/runs) instead of "
+                        "running it again")
     p.set_defaults(func=_cmd_regression)
 
     p = sub.add_parser("table", help="comparison tables from run records and published numbers")
-    p.add_argument("--results-dir", default=None, help="run records (default: $MAET_RESULTS_DIR, else results/runs)")
-    p.add_argument("--published", default="results/published", help="folder of published-number CSVs")
-    p.add_argument("--out", default="results/tables")
+    p.add_argument("--results-dir", default=None, type=PathArg("dir"),
+                   help="run records (default: $MAET_RESULTS_DIR, else results/runs)")
+    p.add_argument("--published", default="results/published", type=PathArg("dir"),
+                   help="folder of published-number CSVs")
+    p.add_argument("--out", default="results/tables", type=PathArg("output"), help="folder for tables and plots")
     p.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True, help="write bar-chart PNGs")
     p.set_defaults(func=_cmd_table)
 
     p = sub.add_parser("inspect", help="name a checkpoint's format and architecture (file or HF/timm folder)")
-    p.add_argument("path")
+    p.add_argument("path", type=PathArg("exists"), help="checkpoint file, or a Hugging Face / timm folder")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=_cmd_inspect)
 
     p = sub.add_parser("convert", help="convert a checkpoint of any known format to ours, Hugging Face or timm")
-    p.add_argument("src", help="checkpoint file or HF/timm folder")
-    p.add_argument("--to", required=True, choices=["ours", "hf", "timm"])
-    p.add_argument("--out", required=True, help="file (ours, timm: .safetensors or .pth) or folder (hf)")
+    p.add_argument("src", type=PathArg("exists"), help="checkpoint file or HF/timm folder")
+    p.add_argument("--to", required=True, choices=["ours", "hf", "timm"],
+                   help="ours: {'model', 'meta'} .pth; hf: a transformers ViTMAE folder; timm: a timm ViT file")
+    p.add_argument("--out", required=True, type=PathArg("file-out"),
+                   help="file (ours, timm: .safetensors or .pth) or folder (hf)")
     p.add_argument("--arch", help="preset the checkpoint must match (e.g. mae_vit_base_patch16, vit_large); "
                                   "its heads replace guessed ones")
-    p.add_argument("--hf-kind", default="auto", choices=["auto", "pretraining", "model", "classification"])
+    p.add_argument("--hf-kind", default="auto", choices=["auto", "pretraining", "model", "classification"],
+                   help="with --to hf: the transformers class (auto: pretraining with a decoder, classification "
+                        "with a head, else model)")
     p.set_defaults(func=_cmd_convert)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # a bad option (2) or --help (0): argparse has printed its line
+        return e.code if isinstance(e.code, int) else 2
     try:
         args.func(args)
     except MAETransferError as e:

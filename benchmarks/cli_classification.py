@@ -45,8 +45,9 @@ def _write(args, record: dict) -> dict:
 
 def _train_handler(task: str):
     def handler(args) -> dict | None:
-        from benchmarks.cli import dataclass_from_args
         from mae_core.checkpoints import sha256_file
+
+        from .cli_args import dataclass_from_args
 
         if task == "finetune":
             from mae_core.train.finetune import FinetuneConfig as Config
@@ -71,10 +72,11 @@ def _train_handler(task: str):
 
 
 def _eval_handler(args) -> dict | None:
-    from benchmarks.cli import dataclass_from_args
     from mae_core.provenance import now_iso
     from mae_core.train.classification import checkpoint_sha256
     from mae_core.train.evaluate import EvalConfig, evaluate_checkpoint
+
+    from .cli_args import dataclass_from_args
 
     cfg = dataclass_from_args(EvalConfig, args)
     started, t0 = now_iso(), time.perf_counter()
@@ -96,10 +98,11 @@ def _eval_handler(args) -> dict | None:
 
 def add_classification_commands(subparsers) -> None:
     """Register `finetune`, `linprobe` and `eval` on an argparse subparsers object."""
-    from benchmarks.cli import add_dataclass_args
     from mae_core.train.evaluate import EvalConfig
     from mae_core.train.finetune import FinetuneConfig
     from mae_core.train.linprobe import LinprobeConfig
+
+    from .cli_args import add_dataclass_args
 
     p = subparsers.add_parser("finetune", help="fine-tune a ViT classifier from a checkpoint or from scratch "
                                                "(official MAE recipe; torchrun for DDP)")

@@ -10,6 +10,10 @@ from __future__ import annotations
 import argparse
 import time
 
+from mae_core.errors import OptionError
+from transfer.detection.config import PROTOCOLS
+
+from .cli_args import Number, PathArg, ProtocolArg
 from .cli_classification import _dataset_name, _init_name, _record_args, _write
 
 PROTOCOL_HELP = ("protocol: tiny (CPU, synthetic COCO), b / l / h (ViTDet's published ViT-B/L/H Mask R-CNN), "
@@ -63,7 +67,7 @@ def _train_handler(args) -> None:
 
     eval_only = args.eval_only
     if eval_only and not args.weights:
-        raise SystemExit("maet detect train --eval-only needs --weights (a detectron2 model file)")
+        raise OptionError("--eval-only needs --weights (a detectron2 model file to evaluate)")
     run(_job(args, eval_only))
 
 
@@ -74,17 +78,19 @@ def _eval_handler(args) -> None:
 
 
 def _common_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default="tiny", help=PROTOCOL_HELP + " (default: tiny)")
-    p.add_argument("--data-root", required=True,
+    p.add_argument("--config", default="tiny", type=ProtocolArg(PROTOCOLS), help=PROTOCOL_HELP + " (default: tiny)")
+    p.add_argument("--data-root", required=True, type=PathArg("dir"),
                    help="COCO-layout root: annotations/instances_{train,val}2017.json + {train,val}2017/ images")
-    p.add_argument("--output-dir", required=True, help="checkpoints, metrics.json, log.txt, inference/")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--seed", type=int, default=None, help="default: the config's train.seed (0)")
+    p.add_argument("--output-dir", required=True, type=PathArg("output"),
+                   help="checkpoints, metrics.json, log.txt, inference/")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="cuda, cpu, or auto (cuda when torch sees one)")
+    p.add_argument("--seed", type=Number(int, 0), default=None, help="default: the config's train.seed (0)")
     g = p.add_argument_group("processes (detectron2's launch)")
-    g.add_argument("--num-processes", "--num-gpus", type=int, default=1,
+    g.add_argument("--num-processes", "--num-gpus", type=Number(int, 1), default=1,
                    help="processes per machine: one per GPU on CUDA (NCCL), or CPU processes (gloo)")
-    g.add_argument("--num-machines", type=int, default=1)
-    g.add_argument("--machine-rank", type=int, default=0)
+    g.add_argument("--num-machines", type=Number(int, 1), default=1, help="machines taking part in the run")
+    g.add_argument("--machine-rank", type=Number(int, 0), default=0, help="this machine's index among them")
     g.add_argument("--dist-url", default="auto", help="e.g. tcp://HOST:PORT for several machines (default: auto)")
     _record_args(p)
     p.add_argument("opts", nargs=argparse.REMAINDER, default=[],
@@ -99,20 +105,22 @@ def add_detection_commands(subparsers) -> None:
     sub = det.add_subparsers(dest="detect_command", required=True)
 
     p = sub.add_parser("train", help="train from an MAE / timm / HF / classifier checkpoint or scratch, then evaluate")
-    p.add_argument("--init", default="scratch", help="encoder checkpoint of any format `maet inspect` reads, "
-                                                     "or 'scratch' (default)")
+    p.add_argument("--init", default="scratch", type=PathArg("init"),
+                   help="encoder checkpoint of any format `maet inspect` reads, or 'scratch' (default)")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="continue from the last checkpoint in --output-dir if there is one (default: yes, like the "
                         "project's other engines; detectron2's own default is --no-resume)")
-    p.add_argument("--max-iter", type=int, default=None, help="iterations (the lr milestones scale with it)")
+    p.add_argument("--max-iter", type=Number(int, 1), default=None, help="iterations (the lr milestones scale with it)")
     p.add_argument("--eval-only", action="store_true", help="only evaluate --weights (as `maet detect eval`)")
-    p.add_argument("--weights", default=None, help="with --eval-only: the detectron2 model file to evaluate")
-    p.add_argument("--crash-after-iter", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--weights", default=None, type=PathArg("exists"),
+                   help="with --eval-only: the detectron2 model file to evaluate")
+    p.add_argument("--crash-after-iter", type=Number(int, 1), default=None, help=argparse.SUPPRESS)
     _common_args(p)
     p.set_defaults(func=_train_handler)
 
     p = sub.add_parser("eval", help="evaluate a detectron2 model file (ours or a published ViTDet .pkl/.pth) "
                                     "on a COCO-layout folder")
-    p.add_argument("--weights", required=True, help="model_final.pth of a run, or a published ViTDet model file")
+    p.add_argument("--weights", required=True, type=PathArg("exists"),
+                   help="model_final.pth of a run, or a published ViTDet model file")
     _common_args(p)
     p.set_defaults(func=_eval_handler)

@@ -9,6 +9,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mae_core.errors import OptionError
+from transfer.segmentation import CONFIG_DIR, PROTOCOLS
+
+from .cli_args import Number, PathArg, ProtocolArg
 from .cli_classification import _dataset_name, _init_name, _record_args, _write
 from .records import make_record
 
@@ -16,12 +20,14 @@ DEFAULT_CONFIG = "tiny"
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default=DEFAULT_CONFIG,
+    p.add_argument("--config", default=DEFAULT_CONFIG, type=ProtocolArg(PROTOCOLS, CONFIG_DIR),
                    help="tiny | vit-b | vit-l (transfer/segmentation/configs/) or a path to an mmseg config "
                         f"(default: {DEFAULT_CONFIG})")
-    p.add_argument("--data-root", required=True, help="the ADEChallengeData2016 folder, or its parent")
-    p.add_argument("--work-dir", default=None, help="checkpoints and logs (default: work_dirs/segment/<config>)")
-    p.add_argument("--num-classes", type=int, default=None,
+    p.add_argument("--data-root", required=True, type=PathArg("dir"),
+                   help="the ADEChallengeData2016 folder, or its parent")
+    p.add_argument("--work-dir", default=None, type=PathArg("output"),
+                   help="checkpoints and logs (default: work_dirs/segment/<config>)")
+    p.add_argument("--num-classes", type=Number(int, 1), default=None,
                    help="classes after reduce_zero_label (default: the config's; ADE20K 150, synthetic 7)")
     p.add_argument("--launcher", choices=["none", "pytorch"], default="none",
                    help="pytorch under torchrun (chosen automatically when WORLD_SIZE > 1)")
@@ -40,7 +46,7 @@ def _cfg_options(args) -> dict | None:
 
     pairs = [kv.split("=", 1) for kv in args.cfg_options]
     if any(len(kv) != 2 for kv in pairs):
-        raise SystemExit(f"maet segment: error: --cfg-options takes KEY=VALUE pairs, got {args.cfg_options}")
+        raise OptionError(f"--cfg-options takes KEY=VALUE pairs, got {args.cfg_options}")
     return {k: DictAction._parse_iterable(v) for k, v in pairs}
 
 
@@ -120,16 +126,20 @@ def add_segmentation_commands(subparsers) -> None:
 
     t = sub.add_parser("train", help="train UperNet from --init (any MAE/timm/HF/supervised checkpoint, or scratch)")
     _common(t)
-    t.add_argument("--init", default="scratch", help="checkpoint file / HF or timm folder, or 'scratch'")
-    t.add_argument("--max-iters", type=int, default=None, help="schedule length (default: the config's)")
-    t.add_argument("--val-interval", type=int, default=None, help="evaluate and checkpoint every N iterations")
-    t.add_argument("--batch-size", type=int, default=None, help="images per process (default: the config's)")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--init", default="scratch", type=PathArg("init"),
+                   help="checkpoint file / HF or timm folder, or 'scratch'")
+    t.add_argument("--max-iters", type=Number(int, 1), default=None, help="schedule length (default: the config's)")
+    t.add_argument("--val-interval", type=Number(int, 1), default=None,
+                   help="evaluate and checkpoint every N iterations")
+    t.add_argument("--batch-size", type=Number(int, 1), default=None, help="images per process (default: the config's)")
+    t.add_argument("--seed", type=Number(int, 0), default=0,
+                   help="seed of the weights' init, data order and augmentation")
     t.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --work-dir")
     t.add_argument("--amp", action="store_true", help="mixed precision (AmpOptimWrapper; GPU only)")
     t.set_defaults(func=_train)
 
     e = sub.add_parser("eval", help="mIoU / mAcc / aAcc of a trained segmentor.pth on the validation split")
     _common(e)
-    e.add_argument("--checkpoint", required=True, help="the segmentor.pth a `maet segment train` run wrote")
+    e.add_argument("--checkpoint", required=True, type=PathArg("exists"),
+                   help="the segmentor.pth a `maet segment train` run wrote")
     e.set_defaults(func=_eval)

@@ -35,3 +35,7 @@ class NonFiniteLossError(MAETransferError):
 
 class ClassCountMismatchError(MAETransferError):
     """A classifier whose head has another number of classes than the dataset folder it meets."""
+
+
+class OptionError(MAETransferError):
+    """An option value that cannot work: out of range, unknown, or not possible on this machine."""

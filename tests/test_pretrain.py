@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from mae_core.checkpoints import load_file
-from mae_core.errors import NonFiniteLossError
+from mae_core.errors import NonFiniteLossError, OptionError
 from mae_core.mae import create_mae
 from mae_core.train.optim import lr_at, param_groups_weight_decay, scaled_lr
 from mae_core.train.pretrain import FINAL, LAST, PretrainConfig, pretrain
@@ -153,5 +153,5 @@ def test_bf16_autocast_runs_on_cpu_and_fp16_is_refused_without_cuda(tiny_imagene
     final = pretrain(tiny_config(tiny_imagenet, tmp_path / "bf16", epochs=1, precision="bf16"))
     assert all(torch.isfinite(t).all() for t in weights(final).values())
     if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="fp16 .* needs CUDA"):
+        with pytest.raises(OptionError, match="fp16 .* needs CUDA"):
             pretrain(tiny_config(tiny_imagenet, tmp_path / "fp16", epochs=1, precision="fp16"))

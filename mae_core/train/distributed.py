@@ -13,6 +13,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
+from ..errors import OptionError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -30,16 +32,23 @@ class DistInfo:
         return self.world_size > 1
 
 
+def device_type(requested: str = "auto") -> str:
+    """'cuda' or 'cpu' for --device auto|cuda|cpu; asking for CUDA where torch sees none is a user error."""
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise OptionError("--device cuda, but torch sees no CUDA device (a CPU-only torch build, or no GPU "
+                          "visible); use --device cpu or auto")
+    return requested
+
+
 def pick_device(requested: str = "auto", local_rank: int = 0) -> torch.device:
     """CUDA when present (one GPU per local rank), else CPU; `requested` may force either."""
-    if requested == "auto":
-        requested = "cuda" if torch.cuda.is_available() else "cpu"
-    if requested == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError("--device cuda was requested but torch sees no CUDA device")
+    kind = device_type(requested)
+    if kind == "cuda":
         torch.cuda.set_device(local_rank)
         return torch.device("cuda", local_rank)
-    return torch.device(requested)
+    return torch.device(kind)
 
 
 def init_distributed(requested_device: str = "auto") -> DistInfo:
@@ -89,6 +98,7 @@ def train_loader(dataset, batch_size: int, num_workers: int, seed: int, info: Di
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                         pin_memory=info.device.type == "cuda", drop_last=True)
     if len(loader) == 0:
-        raise ValueError(f"{len(dataset)} training images cannot fill one batch of {batch_size} x "
-                         f"{info.world_size} processes; lower --batch-size")
+        raise OptionError(f"{len(dataset)} training images cannot fill one batch of {batch_size} x "
+                          f"{info.world_size} process(es); lower --batch-size to at most "
+                          f"{len(dataset) // info.world_size}, or add images")
     return sampler, loader

@@ -11,7 +11,7 @@ loop trains the supervised baseline (set the paper's scratch recipe through the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -19,45 +19,58 @@ from timm.data import Mixup, create_transform
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
 from ..data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from ..models_vit import build_classifier, classifier_kwargs, init_head, load_init_checkpoint
+from ..models_vit import (
+    CLASSIFIER_PRESETS,
+    build_classifier,
+    classifier_kwargs,
+    init_head,
+    load_init_checkpoint,
+)
 from .classification import ClassifierRun, Recipe, train_classifier
 from .distributed import DistInfo
 from .layer_decay import param_groups_layer_decay
-from .options import RunOptions
+from .options import RunOptions, opt
 
 
 @dataclass
 class FinetuneConfig(RunOptions):
-    data_path: str
-    output_dir: str
-    init: str  # a checkpoint path, or "scratch"
-    model: str = "vit_base_patch16"
-    model_kwargs: dict = field(default_factory=dict)  # overrides of the preset, e.g. {"depth": 6}
-    img_size: int = 224
-    num_classes: int | None = None  # None = the class folders of train/
-    global_pool: bool = True  # False = cls token + final norm
-    drop_path: float = 0.1
-    epochs: int = 50
-    warmup_epochs: float = 5
-    batch_size: int = 64  # per process
-    accum_iter: int = 1
-    blr: float = 1e-3
-    lr: float | None = None  # absolute lr; None = blr x effective batch / 256
-    min_lr: float = 1e-6
-    weight_decay: float = 0.05
-    layer_decay: float = 0.75
-    clip_grad: float | None = None
-    smoothing: float = 0.1
-    mixup: float = 0.8
-    cutmix: float = 1.0
-    mixup_prob: float = 1.0
-    mixup_switch_prob: float = 0.5
-    mixup_mode: str = "batch"
-    aa: str = "rand-m9-mstd0.5-inc1"  # timm auto-augment policy; "none" = off
-    reprob: float = 0.25
-    remode: str = "pixel"
-    recount: int = 1
-    crop_min_scale: float = 0.08  # RandomResizedCrop's area range is (crop_min_scale, 1), timm's and the official
+    data_path: str = opt(help="ImageNet-layout root: train/<class>/ and val/<class>/ image folders", path="dir")
+    output_dir: str = opt(help="run folder: checkpoints, log.jsonl, config.json; a second run here resumes",
+                          path="output")
+    init: str = opt(help="encoder checkpoint (any format `maet inspect` reads), or 'scratch'", path="init")
+    model: str = opt("vit_base_patch16", "classifier preset", choices=CLASSIFIER_PRESETS)
+    model_kwargs: dict = opt(help='JSON overrides of the preset, e.g. \'{"depth": 6}\'', factory=dict)
+    img_size: int = opt(224, "input resolution (pixels, square)", min=1)
+    num_classes: int | None = opt(None, "classes of the head (default: the class folders of train/)", min=1)
+    global_pool: bool = opt(True, "mean of patch tokens + fc_norm (the official fine-tune); no: cls token + norm")
+    drop_path: float = opt(0.1, "stochastic depth rate", min=0.0, max=1.0)
+    epochs: int = opt(50, "training epochs", min=1)
+    warmup_epochs: float = opt(5, "linear lr warm-up epochs (per iteration), then cosine", min=0)
+    batch_size: int = opt(64, "images per process per micro-batch", min=1)
+    accum_iter: int = opt(1, "micro-batches per optimiser step (effective batch = batch x accum x processes)",
+                          min=1)
+    blr: float = opt(1e-3, "base lr: lr = blr x effective batch / 256", min=0)
+    lr: float | None = opt(None, "absolute peak lr (overrides --blr)", min=0)
+    min_lr: float = opt(1e-6, "lr at the end of the cosine", min=0)
+    weight_decay: float = opt(0.05, "AdamW weight decay (none on biases, norms, position embeddings, tokens)",
+                              min=0)
+    layer_decay: float = opt(0.75, "layer-wise lr decay (0.65 for ViT-B in the official recipe; 1: off)",
+                             min=0.0, max=1.0)
+    clip_grad: float | None = opt(None, "clip the gradient norm to this (default: no clipping)", min=0)
+    smoothing: float = opt(0.1, "label smoothing", min=0.0, max=1.0)
+    mixup: float = opt(0.8, "Mixup alpha (0: off)", min=0)
+    cutmix: float = opt(1.0, "CutMix alpha (0: off)", min=0)
+    mixup_prob: float = opt(1.0, "probability of applying Mixup or CutMix to a batch", min=0.0, max=1.0)
+    mixup_switch_prob: float = opt(0.5, "probability of CutMix instead of Mixup when both are on",
+                                   min=0.0, max=1.0)
+    mixup_mode: str = opt("batch", "Mixup/CutMix per batch, pair or element (timm)",
+                          choices=("batch", "pair", "elem"))
+    aa: str = opt("rand-m9-mstd0.5-inc1", "timm auto-augment policy string; 'none': off")
+    reprob: float = opt(0.25, "random-erasing probability", min=0.0, max=1.0)
+    remode: str = opt("pixel", "random-erasing fill (timm)", choices=("const", "rand", "pixel"))
+    recount: int = opt(1, "random-erasing regions per image", min=1)
+    crop_min_scale: float = opt(0.08, "RandomResizedCrop's smallest area fraction (timm's and the official 0.08)",
+                                min=0.0, max=1.0)
 
     @property
     def mixup_active(self) -> bool:

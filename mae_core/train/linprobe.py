@@ -12,7 +12,7 @@ TF-style RandomResizedCrop (bicubic) + flip.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -21,31 +21,35 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as F
 
 from ..data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from ..models_vit import build_classifier, classifier_kwargs, init_head, load_init_checkpoint
+from ..models_vit import CLASSIFIER_PRESETS, build_classifier, classifier_kwargs, init_head, load_init_checkpoint
 from .classification import ClassifierRun, Recipe, train_classifier
 from .distributed import DistInfo
 from .lars import LARS
-from .options import RunOptions
+from .options import RunOptions, opt
 
 
 @dataclass
 class LinprobeConfig(RunOptions):
-    data_path: str
-    output_dir: str
-    init: str  # a checkpoint path, or "scratch" (random features: a floor, not a result)
-    model: str = "vit_base_patch16"
-    model_kwargs: dict = field(default_factory=dict)
-    img_size: int = 224
-    num_classes: int | None = None  # None = the class folders of train/
-    global_pool: bool = False  # the official probe reads the cls token
-    epochs: int = 90
-    warmup_epochs: float = 10
-    batch_size: int = 512  # per process
-    accum_iter: int = 1
-    blr: float = 0.1
-    lr: float | None = None  # absolute lr; None = blr x effective batch / 256
-    min_lr: float = 0.0
-    weight_decay: float = 0.0
+    data_path: str = opt(help="ImageNet-layout root: train/<class>/ and val/<class>/ image folders", path="dir")
+    output_dir: str = opt(help="run folder: checkpoints, log.jsonl, config.json; a second run here resumes",
+                          path="output")
+    init: str = opt(help="encoder checkpoint (any format `maet inspect` reads), or 'scratch' (random features: "
+                         "a floor, not a result)", path="init")
+    model: str = opt("vit_base_patch16", "classifier preset", choices=CLASSIFIER_PRESETS)
+    model_kwargs: dict = opt(help="JSON overrides of the preset", factory=dict)
+    img_size: int = opt(224, "input resolution (pixels, square)", min=1)
+    num_classes: int | None = opt(None, "classes of the head (default: the class folders of train/)", min=1)
+    global_pool: bool = opt(False, "probe the mean of patch tokens + fc_norm; default: the cls token + norm, as "
+                                   "the official probe")
+    epochs: int = opt(90, "training epochs", min=1)
+    warmup_epochs: float = opt(10, "linear lr warm-up epochs (per iteration), then cosine", min=0)
+    batch_size: int = opt(512, "images per process per micro-batch", min=1)
+    accum_iter: int = opt(1, "micro-batches per optimiser step (effective batch = batch x accum x processes)",
+                          min=1)
+    blr: float = opt(0.1, "base lr of LARS: lr = blr x effective batch / 256", min=0)
+    lr: float | None = opt(None, "absolute peak lr (overrides --blr)", min=0)
+    min_lr: float = opt(0.0, "lr at the end of the cosine", min=0)
+    weight_decay: float = opt(0.0, "LARS weight decay", min=0)
 
 
 class RandomResizedCropTF(transforms.RandomResizedCrop):

@@ -1,26 +1,77 @@
-"""Options every training engine shares (pretraining, fine-tuning, linear probing), declared once."""
+"""Options every training engine shares (pretraining, fine-tuning, linear probing), declared once.
+
+Each field carries its own help and its valid range (`opt`), so the command line, the Python API and
+the docs read one declaration: `maet` turns the metadata into argparse types that refuse a bad value
+before any work starts, and `check_options` refuses the same values from Python.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from ..errors import OptionError
 from .distributed import default_num_workers
+from .precision import PRECISIONS
+
+DEVICES = ("auto", "cpu", "cuda")
+# What a path option must be: an existing folder, an existing file or folder, a folder we can create,
+# or a checkpoint / 'scratch'.
+PATH_KINDS = ("dir", "exists", "output", "init")
+
+
+def opt(default=dataclasses.MISSING, help: str = "", *, factory=None, min=None, max=None, choices=None,
+        path: str | None = None):
+    """A dataclass field with its help text and the values it accepts (min/max inclusive)."""
+    assert path is None or path in PATH_KINDS, path
+    meta = {"help": help, "min": min, "max": max, "choices": tuple(choices) if choices else None, "path": path}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def check_options(cfg) -> None:
+    """Refuse out-of-range numbers, unknown choices and missing input paths of a config (Python API users)."""
+    for f in dataclasses.fields(cfg):
+        m, value = f.metadata, getattr(cfg, f.name)
+        if not m or value is None:
+            continue
+        name = "--" + f.name.replace("_", "-")
+        if m.get("choices") and value not in m["choices"]:
+            raise OptionError(f"{name} must be one of {', '.join(map(str, m['choices']))}; got {value!r}")
+        if m.get("min") is not None and value < m["min"]:
+            raise OptionError(f"{name} must be >= {m['min']}; got {value}")
+        if m.get("max") is not None and value > m["max"]:
+            raise OptionError(f"{name} must be <= {m['max']}; got {value}")
+        kind = m.get("path")
+        if kind in ("dir", "exists") or (kind == "init" and value != "scratch"):
+            p = Path(value)
+            if not p.exists() or (kind == "dir" and not p.is_dir()):
+                what = "folder" if kind == "dir" else "path"
+                raise OptionError(f"{name}: no such {what}: {value}")
 
 
 @dataclass(kw_only=True)
 class RunOptions:
     """Seeding, hardware, checkpointing and logging; engine configs add their recipe on top."""
 
-    seed: int = 0
-    num_workers: int = field(default_factory=default_num_workers)
-    device: str = "auto"
-    precision: str = "auto"  # fp32 | fp16 | bf16; auto = fp16 on CUDA, fp32 on CPU
-    save_every: int = 1
-    log_every: int = 10
-    resume: str | None = None  # a checkpoint-last.pth; None = auto-resume from output_dir if present
-    skip_corrupt: bool = False
-    progress: bool = True
+    seed: int = opt(0, "seed of the weights' init, the data order, augmentation and masking", min=0)
+    num_workers: int = opt(help="data-loader worker processes per training process (default: min(8, CPUs))",
+                           factory=default_num_workers, min=0)
+    device: str = opt("auto", "cuda, cpu, or auto (cuda when torch sees one)", choices=DEVICES)
+    precision: str = opt("auto", "fp32, fp16 (CUDA, with a grad scaler), bf16, or auto (fp16 on CUDA, fp32 on "
+                                 "CPU); bf16 is fast only on CPUs with native bf16 (AVX-512 BF16, AMX)",
+                         choices=("auto", *PRECISIONS))
+    save_every: int = opt(1, "write the resumable checkpoint-last.pth every N epochs", min=1)
+    log_every: int = opt(10, "write a log.jsonl line every N steps", min=1)
+    resume: str | None = opt(None, "resume from this checkpoint-last.pth (default: the one in --output-dir, "
+                                   "if a run left one)", path="exists")
+    skip_corrupt: bool = opt(False, "skip unreadable images (listed in the log) instead of stopping")
+    progress: bool = opt(True, "show a progress bar")
+
+    def __post_init__(self):
+        check_options(self)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

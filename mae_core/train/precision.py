@@ -10,6 +10,8 @@ from contextlib import nullcontext
 
 import torch
 
+from ..errors import OptionError
+
 PRECISIONS = ("fp32", "fp16", "bf16")
 
 
@@ -17,9 +19,9 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision == "auto":
         return "fp16" if device.type == "cuda" else "fp32"
     if precision == "fp16" and device.type != "cuda":
-        raise ValueError("fp16 autocast with a grad scaler needs CUDA; on CPU use --precision bf16 or fp32")
+        raise OptionError("fp16 autocast with a grad scaler needs CUDA; on CPU use --precision bf16 or fp32")
     if precision not in PRECISIONS:
-        raise ValueError(f"--precision must be one of auto, fp32, fp16, bf16; got {precision!r}")
+        raise OptionError(f"--precision must be one of auto, fp32, fp16, bf16; got {precision!r}")
     return precision
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -35,7 +35,7 @@ from .distributed import (
 )
 from .metrics import MetricsLog
 from .optim import lr_at, param_groups_weight_decay, scaled_lr, set_lr
-from .options import RunOptions
+from .options import RunOptions, opt
 from .precision import autocast, grad_scaler, resolve_precision
 from .seeded import SeededMaskingDataset
 from .state import LAST, find_resume, restore_training_state, save_training_state
@@ -46,27 +46,28 @@ FINAL = "mae_pretrain.pth"
 
 @dataclass
 class PretrainConfig(RunOptions):
-    data_path: str
-    output_dir: str
-    model: str = "mae_vit_base_patch16"
-    model_kwargs: dict = field(default_factory=dict)  # overrides of the preset, e.g. {"depth": 4}
-    img_size: int = 224
-    norm_pix_loss: bool = True  # the paper's default target (Table 1c)
-    mask_ratio: float = 0.75
-    epochs: int = 400
-    warmup_epochs: float = 40
-    batch_size: int = 64  # per process
-    accum_iter: int = 1
-    blr: float = 1.5e-4
-    lr: float | None = None  # absolute lr; None = blr x effective batch / 256
-    min_lr: float = 0.0
-    weight_decay: float = 0.05
-    keep_every: int = 20
+    data_path: str = opt(help="ImageNet-layout root: images under train/<class>/ (labels unused)", path="dir")
+    output_dir: str = opt(help="run folder: checkpoints, log.jsonl, config.json; a second run here resumes",
+                          path="output")
+    model: str = opt("mae_vit_base_patch16", "MAE preset", choices=MAE_PRESETS)
+    model_kwargs: dict = opt(help='JSON overrides of the preset, e.g. \'{"depth": 4}\'', factory=dict)
+    img_size: int = opt(224, "input resolution (pixels, square)", min=1)
+    norm_pix_loss: bool = opt(True, "reconstruct per-patch normalised pixels (the paper's default, Table 1c)")
+    mask_ratio: float = opt(0.75, "fraction of patches removed", min=0.0, max=0.99)
+    epochs: int = opt(400, "training epochs", min=1)
+    warmup_epochs: float = opt(40, "linear lr warm-up epochs (per iteration), then half-cycle cosine", min=0)
+    batch_size: int = opt(64, "images per process per micro-batch", min=1)
+    accum_iter: int = opt(1, "micro-batches per optimiser step (effective batch = batch x accum x processes)",
+                          min=1)
+    blr: float = opt(1.5e-4, "base lr: lr = blr x effective batch / 256", min=0)
+    lr: float | None = opt(None, "absolute peak lr (overrides --blr)", min=0)
+    min_lr: float = opt(0.0, "lr at the end of the cosine", min=0)
+    weight_decay: float = opt(0.05, "AdamW weight decay (none on biases, norms, position embeddings, tokens)",
+                              min=0)
+    keep_every: int = opt(20, "also keep checkpoint-EPOCH.pth every N epochs (0: never)", min=0)
 
 
 def _model_kwargs(cfg: PretrainConfig) -> dict:
-    if cfg.model not in MAE_PRESETS:
-        raise ValueError(f"unknown model {cfg.model!r}; presets: {', '.join(MAE_PRESETS)}")
     return {**MAE_PRESETS[cfg.model], "img_size": cfg.img_size, "norm_pix_loss": cfg.norm_pix_loss,
             **cfg.model_kwargs}
 

@@ -19,7 +19,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
 from detectron2.config import LazyCall as L
 from detectron2.config import instantiate
 from detectron2.engine import AMPTrainer, HookBase, SimpleTrainer, default_setup, hooks, launch
@@ -30,6 +29,7 @@ from detectron2.utils.events import CommonMetricPrinter, JSONWriter
 
 from mae_core.checkpoints import sha256_file
 from mae_core.errors import MAETransferError
+from mae_core.train.distributed import device_type
 from mae_core.train.evaluate import arch_name
 from transfer.encoder_init import read_encoder
 
@@ -72,14 +72,6 @@ class DetectionJob:
         return d
 
 
-def _device(job: DetectionJob) -> str:
-    if job.device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if job.device == "cuda" and not torch.cuda.is_available():
-        raise MAETransferError("--device cuda, but torch sees no CUDA device; use --device cpu")
-    return job.device
-
-
 def build_config(job: DetectionJob):
     """The LazyConfig of this run: protocol + overrides + data + device, and the checked `--init`."""
     cfg = load_config(job.config, job.overrides)
@@ -88,7 +80,7 @@ def build_config(job: DetectionJob):
     if job.seed is not None:
         cfg.train.seed = job.seed
     cfg.train.output_dir = str(job.output_dir)
-    cfg.train.device = _device(job)
+    cfg.train.device = device_type(job.device)
     on_cuda = cfg.train.device == "cuda"
     cfg.train.amp.enabled = bool(cfg.train.amp.enabled) and on_cuda  # AMP (and fp16 all-reduce) are CUDA-only
     cfg.train.ddp.fp16_compression = bool(cfg.train.ddp.fp16_compression) and on_cuda

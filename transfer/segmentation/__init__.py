@@ -9,4 +9,11 @@ mmseg is imported lazily (inside functions), so `import transfer.segmentation` w
 - `engine.py`  config building, the mmengine `Runner` (train / eval / safe resume), torchrun on CPU or GPU.
 """
 
-CONFIG_DIR = __import__("pathlib").Path(__file__).parent / "configs"
+from pathlib import Path
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+PROTOCOLS = {  # short names for --config
+    "tiny": "mae_vit_tiny_upernet_synthetic_ade20k_64x64.py",
+    "vit-b": "mae_vit_base_upernet_ade20k_512x512_160k.py",
+    "vit-l": "mae_vit_large_upernet_ade20k_512x512_160k.py",
+}

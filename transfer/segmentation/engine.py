@@ -30,15 +30,10 @@ from mae_core.provenance import now_iso
 from mae_core.vit import arch_for_width_depth
 from transfer.encoder_init import EncoderInit, read_encoder
 
-from . import CONFIG_DIR
+from . import CONFIG_DIR, PROTOCOLS
 from .data import check_ade20k
 from .weights import LoadReport, check_arch, convert_for_backbone
 
-PROTOCOLS = {  # short names for --config
-    "tiny": "mae_vit_tiny_upernet_synthetic_ade20k_64x64.py",
-    "vit-b": "mae_vit_base_upernet_ade20k_512x512_160k.py",
-    "vit-l": "mae_vit_large_upernet_ade20k_512x512_160k.py",
-}
 SEGMENTOR_FILE = "segmentor.pth"
 INIT_FILE = "init_weights.pth"
 DATALOADERS = ("train_dataloader", "val_dataloader", "test_dataloader")
