@@ -9,7 +9,7 @@ from pathlib import Path
 
 from mae_core.errors import MAETransferError
 
-from .cli_args import Number, Parser, PathArg, add_dataclass_args, dataclass_from_args
+from .cli_args import Number, Parser, PathArg, add_dataclass_args, dataclass_from_args, seed_list
 
 
 def _cmd_pretrain(args) -> None:
@@ -40,7 +40,7 @@ def _cmd_visualize(args) -> None:
 def _cmd_demo(args) -> None:
     from benchmarks.demo import DEMO_CONFIG, run_demo
 
-    run_demo(args.config or DEMO_CONFIG, jobs=args.jobs, seed=args.seed)
+    run_demo(args.config or DEMO_CONFIG, jobs=args.jobs, seed=args.seed, seeds=args.seeds)
 
 
 def _cmd_inspect(args) -> None:
@@ -101,13 +101,14 @@ def _cmd_pipeline(args) -> None:
 
     split = lambda v: [p for p in (v or "").split(",") if p]
     run_pipeline(args.config, only=split(args.only), skip=split(args.skip), tables=args.tables, dry_run=args.dry_run,
-                 jobs=args.jobs)
+                 jobs=args.jobs, seeds=args.seeds)
 
 
 def _cmd_regression(args) -> None:
     from .regression import run_regression
 
-    run_regression(args.config, args.baseline, update=args.update, work_dir=args.work_dir, records=args.records)
+    run_regression(args.config, args.baseline, update=args.update, work_dir=args.work_dir, records=args.records,
+                   seeds=args.seeds)
 
 
 def _cmd_table(args) -> None:
@@ -164,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pipeline YAML (default: pipelines/synthetic.yaml)")
     p.add_argument("--jobs", type=Number(int, 1), default=None, help="stages run at once (default: the config's)")
     p.add_argument("--seed", type=Number(int, 0), default=0, help="masking seed of the reconstruction grid")
+    p.add_argument("--seeds", type=seed_list, default=None,
+                   help="downstream seeds, e.g. 0,1,2 for the README's mean ± std (default: the config's, 0); "
+                        "the pretrained MAE and supervised checkpoints are shared, finished seeds are reused")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("pipeline", help="pretrain -> finetune / linprobe / detection / segmentation for each init, "
@@ -175,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="list the stages, their state and commands; run nothing")
     p.add_argument("--jobs", type=Number(int, 1), default=None,
                    help="stages run at once, CPU threads shared out (default: the config's `jobs`, else 1)")
+    p.add_argument("--seeds", type=seed_list, default=None,
+                   help="seeds of the downstream runs, e.g. 0,1,2 (default: the config's `seeds`)")
     p.set_defaults(func=_cmd_pipeline)
 
     p = sub.add_parser("regression", help="run a pipeline with fixed seeds and compare with committed metrics")
@@ -182,7 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pipeline YAML to run with fixed seeds")
     p.add_argument("--baseline", default="results/baselines/synthetic.json",
                    help="committed metrics and tolerances (written by --update)")
-    p.add_argument("--update", action="store_true", help="rewrite the baseline from this run")
+    p.add_argument("--update", action="store_true",
+                   help="rewrite the baseline from this run (two seeds at least: tolerances come from their spread)")
+    p.add_argument("--seeds", type=seed_list, default=None,
+                   help="downstream seeds to run, e.g. 0,1,2 (default: the config's `seeds`)")
     p.add_argument("--work-dir", default=None, type=PathArg("output"),
                    help="keep the run here (default: a temporary folder)")
     p.add_argument("--records", default=None, type=PathArg("dir"),

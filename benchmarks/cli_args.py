@@ -112,6 +112,20 @@ def _check_creatable(p: Path) -> None:
                                          "give a folder you can write to") from None
 
 
+def seed_list(text: str) -> list[int]:
+    """Comma-separated seeds, e.g. 0,1,2."""
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 0,1,2; got {text!r}") from None
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"expected distinct seeds >= 0 like 0,1,2; got {text!r}")
+    return seeds
+
+
+seed_list.__name__ = "seed list"
+
+
 def json_object(text: str) -> dict:
     """A JSON object given on the command line (e.g. model overrides)."""
     try:

@@ -10,6 +10,7 @@ import argparse
 import time
 from pathlib import Path
 
+from .cli_args import PathArg
 from .records import ENV_DIR, append_record, make_record
 
 
@@ -17,7 +18,8 @@ def _record_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("run record")
     g.add_argument("--record", action=argparse.BooleanOptionalAction, default=True,
                    help="append a run record (default: yes)")
-    g.add_argument("--results-dir", default=None, help=f"records folder (default: ${ENV_DIR}, else results/runs)")
+    g.add_argument("--results-dir", default=None, type=PathArg("output"),
+                   help=f"records folder (default: ${ENV_DIR}, else results/runs)")
     g.add_argument("--dataset-name", default=None, help="dataset label in the record (default: the data folder's name)")
     g.add_argument("--init-name", default=None,
                    help="init label in the record: mae | supervised | scratch | a name "

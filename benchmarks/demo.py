@@ -22,10 +22,12 @@ from .plots import plot_loss_curve
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "pipelines" / "synthetic.yaml"
 
 
-def run_demo(config: str | Path = DEMO_CONFIG, jobs: int | None = None, seed: int = 0) -> dict:
-    """Run the pipeline, then draw the pretrained MAE's reconstructions (val images) and its loss curve."""
+def run_demo(config: str | Path = DEMO_CONFIG, jobs: int | None = None, seed: int = 0,
+             seeds: list[int] | None = None) -> dict:
+    """Run the pipeline, then draw the pretrained MAE's reconstructions (val images) and its loss curve.
+    `seeds`: the downstream seeds (default: the config's one); the pretrained checkpoints are shared."""
     t0 = time.perf_counter()
-    stages = run_pipeline(config, jobs=jobs)
+    stages = run_pipeline(config, jobs=jobs, seeds=seeds)
     cfg = load_config(config)
     out = Path(cfg["output_dir"])
     result: dict = {"stages": stages, "tables": tables_dir(cfg)}

@@ -367,9 +367,12 @@ def last_line(path: Path, width: int = 110) -> str:
 
 
 def run_pipeline(config: str | Path, only: list[str] = (), skip: list[str] = (), tables: bool = True,
-                 dry_run: bool = False, jobs: int | None = None) -> list[Stage]:
-    """Run (or with `dry_run` list) the selected stages; `jobs` overrides the config's (default 1)."""
+                 dry_run: bool = False, jobs: int | None = None, seeds: list[int] | None = None) -> list[Stage]:
+    """Run (or with `dry_run` list) the selected stages; `jobs` and `seeds` (of the downstream runs, which
+    share the pretrained checkpoints) override the config's."""
     cfg = load_config(config)
+    if seeds:
+        cfg["seeds"] = list(seeds)
     jobs = int(cfg.get("jobs", 1)) if jobs is None else jobs
     if jobs < 1:
         raise PipelineError(f"jobs must be >= 1, got {jobs}")

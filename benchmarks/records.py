@@ -43,6 +43,7 @@ def make_record(*, task: str, dataset: str, init: str, arch: str, metrics: dict,
               "arch": arch, "metrics": metrics, "config": config,
               "git_commit": provenance.git_commit() if git_commit is None else git_commit,
               "checkpoint_sha256": checkpoint_sha256, "seed": seed, "device": device,
+              "machine": extra.pop("machine", None) or provenance.machine_summary(),
               "versions": provenance.versions() if versions is None else versions,
               "started_at": started_at or provenance.now_iso(), "duration_s": duration_s, **extra}
     validate_record(record)

@@ -1,17 +1,19 @@
 """`maet regression`: run a pipeline with fixed seeds and compare its metrics with committed expected values.
 
-The expected values live in `results/baselines/<pipeline>.json`: for each (task, init) the headline
-metrics with a tolerance each. Tolerances are per metric because the runs differ in how much they
-move between machines and library versions (summation order on other CPUs, a BLAS update): a few
-tenths of a point for top-1 on a large val set, more for AP on a small one. A failure prints a
-table of every metric with its expected value, the measured one and the tolerance, the moved ones
-marked; `--update` rewrites the baseline from the current run (commit it with the change that
-moved the numbers, saying why).
+The expected values live in `results/baselines/<pipeline>.json`: for each (task, init, metric) the
+mean over several downstream seeds, their spread, and a tolerance taken from that spread,
+max(3 x std, a floor of one point): a metric that moves more than three standard deviations of its
+own seed-to-seed noise has moved, not wobbled. The floor stands for what the small val sets cannot
+resolve (one image of 200 is 0.5 top-1 points) and for other CPUs' summation order. `--update`
+needs at least two seeds per metric (`--seeds 0,1,2`), so every tolerance is measured; commit the
+new baseline with the change that moved the numbers, saying why. A failure prints a table of every
+metric with its expected value, the measured one and the tolerance, the moved ones marked.
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 import tempfile
 from pathlib import Path
 
@@ -19,26 +21,37 @@ import pandas as pd
 import yaml
 
 from mae_core.errors import MAETransferError
+from mae_core.provenance import machine_summary
 
 from .pipeline import load_config, run_pipeline
 from .records import read_records
 from .tables import HEADLINE, latest_per_seed, to_markdown
 
-DEFAULT_TOLERANCE = {"top1": 3.0, "bbox_AP": 3.0, "segm_AP": 3.0, "mIoU": 3.0}
+STD_FACTOR = 3.0
+FLOOR = 1.0  # points, for every headline metric
 
 
 class RegressionError(MAETransferError):
-    """Metrics moved beyond their tolerance."""
+    """Metrics moved beyond their tolerance, or a baseline cannot be written from these records."""
+
+
+def per_seed(records: list[dict], protocol: str) -> dict[str, dict[int, float]]:
+    """'task/init/metric' -> {seed: value} for the pipeline's downstream records (the latest of each seed)."""
+    values: dict[str, dict[int, float]] = {}
+    for r in latest_per_seed([r for r in records if r.get("protocol") == protocol]):
+        for (task, key) in HEADLINE:
+            if r["task"] == task and key in r["metrics"]:
+                values.setdefault(f"{task}/{r['init']}/{key}", {})[r.get("seed")] = float(r["metrics"][key])
+    return dict(sorted(values.items()))
 
 
 def measured(records: list[dict], protocol: str) -> dict[str, float]:
     """'task/init/metric' -> value (mean over seeds) for the pipeline's downstream records."""
-    values: dict[str, list[float]] = {}
-    for r in latest_per_seed([r for r in records if r.get("protocol") == protocol]):
-        for (task, key) in HEADLINE:
-            if r["task"] == task and key in r["metrics"]:
-                values.setdefault(f"{task}/{r['init']}/{key}", []).append(float(r["metrics"][key]))
-    return {k: sum(v) / len(v) for k, v in sorted(values.items())}
+    return {k: sum(v.values()) / len(v) for k, v in per_seed(records, protocol).items()}
+
+
+def tolerance(values: list[float]) -> float:
+    return round(max(STD_FACTOR * statistics.stdev(values), FLOOR), 3)
 
 
 def compare(baseline: dict, current: dict[str, float]) -> pd.DataFrame:
@@ -46,32 +59,43 @@ def compare(baseline: dict, current: dict[str, float]) -> pd.DataFrame:
     for name, expected in baseline["metrics"].items():
         value = current.get(name)
         moved = value is None or abs(value - expected["value"]) > expected["tolerance"]
-        rows.append({"metric": name, "expected": expected["value"], "measured": value,
+        rows.append({"metric": name, "expected": expected["value"], "std": expected.get("std"), "measured": value,
                      "tolerance": expected["tolerance"], "moved": "MOVED" if moved else ""})
     for name in sorted(set(current) - set(baseline["metrics"])):
-        rows.append({"metric": name, "expected": None, "measured": current[name], "tolerance": None,
+        rows.append({"metric": name, "expected": None, "std": None, "measured": current[name], "tolerance": None,
                      "moved": "new (not in the baseline)"})
     return pd.DataFrame(rows).set_index("metric")
 
 
-def make_baseline(config: dict, current: dict[str, float], tolerances: dict | None = None) -> dict:
-    tolerances = {**DEFAULT_TOLERANCE, **(tolerances or {})}
-    return {"pipeline": config["name"], "seeds": config["seeds"],
-            "metrics": {k: {"value": round(v, 3), "tolerance": tolerances[k.rsplit("/", 1)[1]]}
-                        for k, v in current.items()}}
+def make_baseline(config: dict, values: dict[str, dict[int, float]], machine: str = "") -> dict:
+    """Mean, spread and tolerance of each metric from its per-seed values (two seeds at least)."""
+    few = [k for k, v in values.items() if len(v) < 2]
+    if few:
+        raise RegressionError(f"a baseline needs at least two seeds per metric to measure its spread; "
+                              f"{', '.join(few)} has one. Run the pipeline with --seeds 0,1,2 first.")
+    metrics = {}
+    for k, by_seed in values.items():
+        v = list(by_seed.values())
+        metrics[k] = {"value": round(statistics.fmean(v), 3), "std": round(statistics.stdev(v), 3),
+                      "seeds": {str(s): x for s, x in sorted(by_seed.items())}, "tolerance": tolerance(v)}
+    return {"pipeline": config["name"], "rule": f"tolerance = max({STD_FACTOR:g} x std over seeds, {FLOOR:g})",
+            "machine": machine, "metrics": metrics}
 
 
 def run_regression(config_path: str | Path, baseline_path: str | Path, update: bool = False,
-                   work_dir: str | Path | None = None, records: str | Path | None = None) -> pd.DataFrame:
+                   work_dir: str | Path | None = None, records: str | Path | None = None,
+                   seeds: list[int] | None = None) -> pd.DataFrame:
     """Run the pipeline into a fresh folder (nothing cached from earlier runs) and compare, or `update`.
 
     `records`: compare the pipeline's records in that folder (a run that already happened, e.g. the demo's)
     instead of running it again.
     """
     cfg = load_config(config_path)
+    if seeds:
+        cfg["seeds"] = list(seeds)
     if records is not None:
-        current = measured(read_records(records), cfg["name"])
-        if not current:
+        values = per_seed(read_records(records), cfg["name"])
+        if not values:
             raise RegressionError(f"{records} holds no records of pipeline '{cfg['name']}'; run it first")
     else:
         with tempfile.TemporaryDirectory(prefix="maet-regression-") as tmp:
@@ -80,13 +104,13 @@ def run_regression(config_path: str | Path, baseline_path: str | Path, update: b
             fresh = work / "pipeline.yaml"
             fresh.write_text(yaml.safe_dump(cfg))
             run_pipeline(fresh, tables=False)
-            current = measured(read_records(work / "runs"), cfg["name"])
+            values = per_seed(read_records(work / "runs"), cfg["name"])
+    current = {k: statistics.fmean(v.values()) for k, v in values.items()}
     baseline_path = Path(baseline_path)
     if update:
-        old = json.loads(baseline_path.read_text()) if baseline_path.is_file() else {"metrics": {}}
-        tolerances = {k.rsplit("/", 1)[1]: v["tolerance"] for k, v in old["metrics"].items()}
+        baseline = make_baseline(cfg, values, machine=machine_summary())
         baseline_path.parent.mkdir(parents=True, exist_ok=True)
-        baseline_path.write_text(json.dumps(make_baseline(cfg, current, tolerances), indent=2) + "\n")
+        baseline_path.write_text(json.dumps(baseline, indent=2) + "\n")
         print(f"baseline written: {baseline_path}")
     if not baseline_path.is_file():
         raise RegressionError(f"no baseline at {baseline_path}: run with --update once to write it")
