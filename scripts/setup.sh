@@ -17,7 +17,7 @@ STAMP="$VENV/.mae-transfer-stamp"
 want=$(cat scripts/setup.sh scripts/detectron2_wheel.py pyproject.toml | sha256sum | cut -d' ' -f1)
 
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] \
-   && "$VENV/bin/python" -c "import torch, timm, mmcv.ops, mmseg, detectron2.modeling, mae_core" 2>/dev/null; then
+   && "$VENV/bin/python" -c "import torch, timm, mmcv.ops, mmseg, detectron2.modeling, shapely, mae_core" 2>/dev/null; then
   echo "setup: $VENV is up to date"
   exit 0
 fi
@@ -51,11 +51,12 @@ fi
 pip install -q "mmsegmentation==1.2.2" ftfy regex
 step "detectron2 0.7.2 as pure Python"
 wheel=$("$VENV/bin/python" scripts/detectron2_wheel.py "$WHEELS")
-pip install -q "$wheel" "fvcore==0.1.5.post20221221" "iopath==0.1.9"
+# shapely: fvcore's CropTransform crops polygon masks with it (real COCO's masks are polygons; nothing else pulls it in)
+pip install -q "$wheel" "fvcore==0.1.5.post20221221" "iopath==0.1.9" "shapely==2.1.2"
 step "mae-transfer (editable) with its extras"
 pip install -q "timm==1.0.31" "pycocotools==2.0.11"
 pip install -q -e ".[det,seg,dev]"
 
-"$VENV/bin/python" -c "import torch, timm, mmcv.ops, mmseg, detectron2.modeling, mae_core"
+"$VENV/bin/python" -c "import torch, timm, mmcv.ops, mmseg, detectron2.modeling, shapely, mae_core"
 echo "$want" > "$STAMP"
 step "done: $("$VENV/bin/python" -c 'import torch, timm, mmcv, mmseg, detectron2; print(f"torch {torch.__version__}, timm {timm.__version__}, mmcv {mmcv.__version__}, mmseg {mmseg.__version__}, detectron2 {detectron2.__version__}")')"

@@ -75,6 +75,30 @@ def test_getitem_rgb_and_transform(folder):
     assert img.mode == "RGB"
 
 
+def test_imagenets_odd_files_load_as_rgb(tmp_path):
+    """ImageNet's train set holds grayscale JPEGs, CMYK JPEGs and a PNG named .JPEG (n02105855_2933.JPEG):
+    each loads as a 3-channel RGB image through the official transforms, and none counts as corrupt."""
+    root = tmp_path / "imnet" / "train" / "n01"
+    _img(root / "gray.JPEG", colour=(90, 0, 0), mode="L", fmt="JPEG")
+    Image.new("CMYK", (12, 10), (0, 200, 160, 30)).save(root / "cmyk.JPEG", format="JPEG", quality=100)
+    _img(root / "png_named_jpeg.JPEG", colour=(10, 120, 250), fmt="PNG")
+    with Image.open(root / "cmyk.JPEG") as im, Image.open(root / "png_named_jpeg.JPEG") as png:
+        assert im.mode == "CMYK" and png.format == "PNG"
+        cmyk_as_rgb = np.asarray(im.convert("RGB"))[5, 6]
+    ds = ImageFolderDataset(tmp_path / "imnet", "train", skip_corrupt=True)
+    assert ds.skipped == [] and len(ds) == 3
+    pixels = {}
+    for i, (path, _) in enumerate(ds.samples):
+        img, _ = ds[i]
+        assert img.mode == "RGB" and img.size == (12, 10)
+        pixels[path.rsplit("/", 1)[1]] = np.asarray(img)[5, 6].astype(int)
+    assert pixels["png_named_jpeg.JPEG"].tolist() == [10, 120, 250]  # lossless: exact
+    assert np.abs(pixels["gray.JPEG"] - 90).max() <= 2  # gray replicated to three channels
+    assert pixels["cmyk.JPEG"].tolist() == cmyk_as_rgb.tolist() and pixels["cmyk.JPEG"][0] > 150
+    ds = ImageFolderDataset(tmp_path / "imnet", "train", transform=build_eval_transform(16))
+    assert all(ds[i][0].shape == (3, 16, 16) for i in range(len(ds)))
+
+
 def test_missing_root(tmp_path):
     with pytest.raises(DatasetLayoutError) as e:
         ImageFolderDataset(tmp_path / "nope")

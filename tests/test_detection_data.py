@@ -14,7 +14,7 @@ pytest.importorskip("detectron2")
 from mae_core.data import write_synthetic  # noqa: E402
 from mae_core.errors import CheckpointFormatError, ClassCountMismatchError, DatasetLayoutError  # noqa: E402
 from tests.helpers import maet, one_thread_env  # noqa: E402
-from transfer.detection.data import check_split  # noqa: E402
+from transfer.detection.data import check_split, register  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +73,47 @@ def test_listed_image_missing(coco):
     (coco / "val2017" / first).unlink()
     with pytest.raises(DatasetLayoutError, match=f"1 of 6 images .* not in .*{first}"):
         check_split(coco, "val")
+
+
+@pytest.fixture(scope="module")
+def real_coco(tmp_path_factory):
+    root = tmp_path_factory.mktemp("det_real")
+    write_synthetic(root, seed=1, num_train=8, num_val=6, img_size=32, layouts=("coco",), coco_style="real")
+    return root / "coco"
+
+
+@pytest.mark.parametrize("mask_format", ["polygon", "bitmask"])
+def test_real_coco_quirks_through_detectron2s_loader_and_mapper(real_coco, mask_format):
+    """Polygons (cropped by fvcore, with shapely), crowds, id gaps and an empty image, read by detectron2 itself.
+
+    ViTDet's B/L/H protocols keep detectron2's "polygon" mask format on polygon data; the tiny one uses "bitmask".
+    """
+    from detectron2.config import instantiate
+    from detectron2.data import DatasetCatalog, MetadataCatalog, get_detection_dataset_dicts
+    from detectron2.structures import BitMasks, PolygonMasks
+
+    from transfer.detection.config import load_config
+
+    split = check_split(real_coco, "train", num_classes=6)  # 6 categories, ids 1..11 with gaps
+    assert not split.uses_rle  # crowd RLE does not count: the mapper drops crowds before it builds masks
+    name = register(split)
+    dicts = DatasetCatalog.get(name)
+    assert MetadataCatalog.get(name).thing_dataset_id_to_contiguous_id == {1: 0, 3: 1, 4: 2, 6: 3, 9: 4, 11: 5}
+    assert len(dicts) == 8 and sum(not d["annotations"] for d in dicts) == 1  # the empty image is listed
+    assert any(a["iscrowd"] for d in dicts for a in d["annotations"])
+    kept = get_detection_dataset_dicts([name], filter_empty=True)  # ... and left out of training, as in COCO
+    assert 0 < len(kept) < 8 and all(any(not a["iscrowd"] for a in d["annotations"]) for d in kept)
+    cfg = load_config("tiny")
+    cfg.dataloader.train.mapper.instance_mask_format = mask_format
+    mapper = instantiate(cfg.dataloader.train.mapper)  # LSJ: resize, then FixedSizeCrop (shapely for polygons)
+    multi_part = 0
+    for d in kept:
+        things = [a for a in d["annotations"] if not a["iscrowd"]]
+        multi_part += any(len(a["segmentation"]) > 1 for a in things)
+        instances = mapper(d)["instances"]
+        assert isinstance(instances.gt_masks, PolygonMasks if mask_format == "polygon" else BitMasks)
+        assert len(instances) <= len(things) and set(instances.gt_classes.tolist()) <= set(range(6))
+    assert multi_part
 
 
 def test_pkl_model_files_load_numpy_only(tmp_path):

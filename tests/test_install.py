@@ -10,6 +10,18 @@ def test_detectron2_vitdet_pieces_import():
     assert callable(get_vit_lr_decay_rate) and ViT.__init__ and SimpleFeaturePyramid.__init__
 
 
+def test_detectron2_crops_polygons():
+    """fvcore's CropTransform (detectron2's LSJ crop) cuts polygon masks, real COCO's, with shapely."""
+    import numpy as np
+    from detectron2.data.transforms import CropTransform
+
+    square = np.array([[0, 0], [10, 0], [10, 10], [0, 10]], dtype=np.float64)
+    (cut,) = CropTransform(x0=5, y0=5, w=10, h=10).apply_polygons([square])
+    x, y = cut[:, 0], cut[:, 1]
+    assert cut.min() == 0 and cut.max() == 5
+    assert abs(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))) / 2 == 25  # shoelace: the 5x5 corner
+
+
 def test_mmcv_compiled_ops_and_mmseg_import():
     import mmcv
     import torch

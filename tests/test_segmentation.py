@@ -267,6 +267,47 @@ def test_wrong_layout_missing_annotation_and_label_range(tmp_path):
         check_ade20k(root, num_classes=7)
 
 
+def test_ade20k_sparse_labels_at_varied_sizes(tmp_path):
+    """ADE20K's own quirks: labels 1..150 of which each image uses a few, images of varied non-square sizes.
+
+    The layout check accepts them, and the published protocol's mmseg dataset reads them: validation labels at
+    each image's own size, reduced by one (0 -> 255), as mmseg's `reduce_zero_label` does.
+    """
+    from mmseg.registry import DATASETS
+
+    root = tmp_path / "ADEChallengeData2016"
+    sizes = {"training": [(37, 53), (64, 41)], "validation": [(45, 70), (50, 33)]}  # (h, w)
+    labels = {}
+    for split, shapes in sizes.items():
+        for k, (h, w) in enumerate(shapes):
+            stem = f"ADE_{'train' if split == 'training' else 'val'}_{k + 1:08d}"
+            lab = np.zeros((h, w), np.uint8)  # 0 = "other", ignored
+            lab[2:, : w // 2] = 37 + k
+            lab[2:, w // 2 :] = 150
+            lab[h // 2 :, :4] = 1
+            labels[split, k] = lab
+            for folder, array, suffix in (("images", np.full((h, w, 3), 90 + 40 * k, np.uint8), ".jpg"),
+                                          ("annotations", lab, ".png")):
+                (root / folder / split).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(array).save(root / folder / split / f"{stem}{suffix}")
+    assert check_ade20k(tmp_path, num_classes=150) == {"root": root, "training": 2, "validation": 2}
+    with pytest.raises(LabelRangeError, match=r"label values \[150\]"):
+        check_ade20k(tmp_path, num_classes=149)
+
+    cfg = engine.prepare("vit-b", data_root=tmp_path, work_dir=tmp_path / "work").cfg
+    val = DATASETS.build(cfg.val_dataloader.dataset)
+    for k, size in enumerate(sizes["validation"]):
+        gt = val[k]["data_samples"].gt_sem_seg.data[0].numpy()
+        assert gt.shape == size  # each image's own size
+        np.testing.assert_array_equal(gt, np.where(labels["validation", k] == 0, 255, labels["validation", k] - 1))
+    train = DATASETS.build(cfg.train_dataloader.dataset)
+    for k in range(2):
+        sample = train[k]
+        gt = sample["data_samples"].gt_sem_seg.data
+        assert set(np.unique(gt.numpy())) <= {0, 36 + k, 149, 255}
+        assert gt.shape[1:] == sample["inputs"].shape[1:] and max(gt.shape[1:]) <= 512  # 512x512 crops at most
+
+
 def test_eval_reads_only_tensor_files_and_resume_only_its_own_work_dir(tmp_path):
     torch.save({"state_dict": {"x": torch.zeros(1)}, "meta": types.SimpleNamespace(a=1)}, tmp_path / "pickled.pth")
     with pytest.raises(CheckpointFormatError, match="segmentor.pth"):

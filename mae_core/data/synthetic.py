@@ -15,10 +15,9 @@ The same scenes back all three layouts, so their labels agree exactly:
   per split, so every class has images in both splits.
 - COCO `coco/{train2017,val2017}/%012d.jpg` + `coco/annotations/instances_{train,val}2017.json`:
   one annotation per instance with its exact visible mask (after occlusion and clipping) as
-  compressed RLE (exact, and the only exact form for rings and occlusion holes: COCO polygons cannot
-  express holes). detectron2 reads RLE with `INPUT.MASK_FORMAT="bitmask"` (LazyConfig:
-  `dataloader.train.mapper.instance_mask_format = "bitmask"`). Category ids 1..K follow `SHAPE_CLASSES`;
-  image ids are 1..N within each split; `bbox` is the visible mask's box as `pycocotools` computes it.
+  compressed RLE; category ids 1..K follow `SHAPE_CLASSES`; image ids are 1..N within each split.
+  `coco_style="real"` writes real COCO's quirks instead (polygons, multi-part objects, crowd RLE, id
+  gaps, empty and non-square images): see `coco.py`, which writes this layout.
 - ADE20K `ade20k/ADEChallengeData2016/{images,annotations}/{training,validation}/ADE_{train,val}_%08d`:
   8-bit PNG labels with ADE20K's convention: 0 = "other"/ignore (mmseg's `reduce_zero_label` turns it
   into 255), 1 = background, 2..K+1 = the shapes in `SHAPE_CLASSES` order; see `ade20k_class_names`.
@@ -33,9 +32,7 @@ every visible shape pixel belongs to an annotated instance. Randomness comes onl
 
 from __future__ import annotations
 
-import functools
 import io
-import json
 import math
 import shutil
 from collections.abc import Iterator, Sequence
@@ -44,6 +41,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from .coco import COCO_STYLES, CocoSplitWriter
+from .shapes import pattern, place, render_background
 
 __all__ = [
     "SHAPE_CLASSES",
@@ -66,7 +66,7 @@ _ADE_PREFIX = {"train": "ADE_train", "val": "ADE_val"}
 _MAIN_RADIUS = (0.18, 0.32)
 _DISTRACTOR_RADIUS = (0.10, 0.22)
 _MAX_TRIES = 20
-# textures="class": each class's surface pattern (`_pattern` kinds: 0 flat, 1 stripes, 2 checker, 3 noise,
+# textures="class": each class's surface pattern (`pattern` kinds: 0 flat, 1 stripes, 2 checker, 3 noise,
 # 4 dots, 5 rings), as real categories have a typical appearance; colours, scales and angles stay random.
 _CLASS_TEXTURE = (5, 2, 4, 1, 3, 0)
 TEXTURES: tuple[str, ...] = ("random", "class")
@@ -108,100 +108,6 @@ class Scene:
 def ade20k_class_names(num_classes: int = len(SHAPE_CLASSES)) -> list[str]:
     """Names of ADE labels 1..K+1 (0 is 'other'/ignore): mmseg's classes after reduce_zero_label."""
     return ["background", *SHAPE_CLASSES[:num_classes]]
-
-
-def _shape_mask(kind: str, u: np.ndarray, v: np.ndarray, r: float) -> np.ndarray:
-    """Inside-test of a shape of outer radius r in its own (rotated, centred) coordinates u, v."""
-    if kind == "circle":
-        return u * u + v * v <= r * r
-    if kind == "square":
-        h = 0.8 * r
-        return (np.abs(u) <= h) & (np.abs(v) <= h)
-    if kind == "triangle":  # equilateral, circumradius r: three half-planes at distance r / 2
-        m = np.ones(u.shape, bool)
-        for k in range(3):
-            a = math.pi / 2 + 2 * math.pi * k / 3
-            m &= u * math.cos(a) + v * math.sin(a) <= r / 2
-        return m
-    if kind == "cross":
-        w = 0.3 * r
-        au, av = np.abs(u), np.abs(v)
-        return ((au <= r) & (av <= w)) | ((av <= r) & (au <= w))
-    if kind == "ring":
-        d2 = u * u + v * v
-        return (d2 <= r * r) & (d2 >= (0.55 * r) ** 2)
-    if kind == "star":  # five points; fold the angle onto one edge from inner vertex I to outer vertex O
-        d = np.sqrt(u * u + v * v)
-        a = np.abs(np.mod(np.arctan2(v, u), 2 * math.pi / 5) - math.pi / 5)
-        ix, ox, oy = 0.45 * r, r * math.cos(math.pi / 5), r * math.sin(math.pi / 5)
-        ex, ey = ox - ix, oy
-        side = ex * (d * np.sin(a)) - ey * (d * np.cos(a) - ix)  # cross(O - I, P - I)
-        return side >= 0  # the origin's side: cross(O - I, -I) = ey * ix > 0
-    raise ValueError(f"unknown shape {kind!r}")
-
-
-def _place(kind: str, cx: float, cy: float, r: float, theta: float, size: int) -> np.ndarray:
-    """Full-frame bool mask of a shape, sampled at pixel centres (computed on its bounding window)."""
-    m = np.zeros((size, size), bool)
-    x0, x1 = max(int(cx - r) - 1, 0), min(int(cx + r) + 2, size)
-    y0, y1 = max(int(cy - r) - 1, 0), min(int(cy + r) + 2, size)
-    if x0 >= x1 or y0 >= y1:
-        return m
-    dy, dx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
-    dx += 0.5 - cx
-    dy += 0.5 - cy
-    c, s = math.cos(theta), math.sin(theta)
-    m[y0:y1, x0:x1] = _shape_mask(kind, dx * c + dy * s, -dx * s + dy * c, r)
-    return m
-
-
-@functools.lru_cache(maxsize=8)
-def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pixel row / column coordinates (read-only, shared between scenes)."""
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    yy.flags.writeable = False
-    xx.flags.writeable = False
-    return yy, xx
-
-
-def _pattern(rng: np.random.Generator, size: int, kind: int | None = None) -> np.ndarray:
-    """A texture in [-1, 1]: flat, stripes, checker, noise (drawn when `kind` is None), dots or rings.
-
-    The draws are the same for every kind, so fixing the kind changes no other random number.
-    """
-    kind = rng.integers(4) if kind is None else kind
-    period = rng.uniform(3.0, 9.0) * max(size / 64, 0.5)
-    angle = rng.uniform(0, math.pi)
-    noise = rng.standard_normal((size, size)).astype(np.float32)
-    yy, xx = _grid(size)
-    if kind == 0:
-        return np.zeros((size, size), np.float32)
-    if kind == 1:
-        t = xx * math.cos(angle) + yy * math.sin(angle)
-        return np.sign(np.sin(2 * math.pi * t / period)).astype(np.float32)
-    if kind in (2, 4):
-        u = xx * math.cos(angle) + yy * math.sin(angle)
-        v = -xx * math.sin(angle) + yy * math.cos(angle)
-        wave = np.sin(math.pi * u / period) * np.sin(math.pi * v / period)
-        return np.sign(wave if kind == 2 else wave - 0.5).astype(np.float32)
-    if kind == 5:  # concentric rings about a point set by the angle draw
-        r = np.hypot(xx - size * angle / math.pi, yy - size / 2)
-        return np.sign(np.sin(2 * math.pi * r / period)).astype(np.float32)
-    return np.clip(noise / 2, -1, 1)
-
-
-def _background(rng: np.random.Generator, size: int, textured: bool = True) -> np.ndarray:
-    """Linear gradient between two random colours, a luminance texture (unless plain) and pixel noise, (S, S, 3)."""
-    c0, c1 = rng.uniform(0, 1, (2, 3)).astype(np.float32)
-    theta = rng.uniform(0, 2 * math.pi)
-    yy, xx = _grid(size)
-    t = ((xx - size / 2) * math.cos(theta) + (yy - size / 2) * math.sin(theta)) / size + 0.5
-    img = c0 + (c1 - c0) * t[..., None]
-    amplitude, pattern = rng.uniform(0.03, 0.15), _pattern(rng, size)  # drawn either way: same later draws
-    if textured:
-        img += amplitude * pattern[..., None]
-    img += rng.uniform(0.005, 0.04) * rng.standard_normal((size, size, 3)).astype(np.float32)
-    return img
 
 
 def _paint(masks: Sequence[np.ndarray], size: int) -> np.ndarray:
@@ -252,7 +158,7 @@ def generate_scene(
             cx, cy = rng.uniform(0.25, 0.75, 2) * size if is_main else rng.uniform(0, 1, 2) * size
             theta = rng.uniform(0, 2 * math.pi)
             z = 0 if is_main else int(rng.integers(len(masks) + 1))
-            m = _place(kinds[cls], cx, cy, r, theta, size)
+            m = place(kinds[cls], cx, cy, r, theta, size)
             area = int(m.sum())
             if area < min_area:
                 continue
@@ -274,7 +180,7 @@ def generate_scene(
                 raise RuntimeError(f"cannot place a {kinds[label]} of >= {min_area} px in {size}x{size}")
     inst = _paint(masks, size)
 
-    img = _background(rng, size, textured=background == "textured")
+    img = render_background(rng, size, textured=background == "textured")
     for i in range(len(masks)):
         vis = inst == i
         under = img[vis].mean(0)
@@ -284,7 +190,7 @@ def generate_scene(
                 break
         second = np.clip(colour + rng.uniform(-0.35, 0.35, 3).astype(np.float32), 0, 1)
         kind = _CLASS_TEXTURE[classes[i]] if textures == "class" else None
-        t = (_pattern(rng, size, kind)[vis] + 1) / 2  # 0 -> colour, 1 -> second
+        t = (pattern(rng, size, kind)[vis] + 1) / 2  # 0 -> colour, 1 -> second
         img[vis] = colour + (second - colour) * t[:, None]
     img += rng.uniform(0.005, 0.03) * rng.standard_normal(img.shape).astype(np.float32)
     image = np.clip(np.rint(img * 255), 0, 255).astype(np.uint8)
@@ -330,29 +236,6 @@ def _encode(img: Image.Image, **save_kw) -> bytes:
     return buf.getvalue()
 
 
-def _coco_annotations(scene: Scene, image_id: int, next_ann_id: int) -> list[dict]:
-    from pycocotools import mask as mask_utils  # lazy: mae_core needs it only for this writer
-
-    anns = []
-    for i, c in enumerate(scene.classes):
-        m = scene.visible_mask(i)
-        rle = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
-        ys, xs = np.nonzero(m)
-        x0, y0 = int(xs.min()), int(ys.min())
-        anns.append(
-            {
-                "id": next_ann_id + i,
-                "image_id": image_id,
-                "category_id": c + 1,
-                "segmentation": {"size": [int(n) for n in rle["size"]], "counts": rle["counts"].decode()},
-                "area": float(m.sum()),
-                "bbox": [float(x0), float(y0), float(xs.max() - x0 + 1), float(ys.max() - y0 + 1)],
-                "iscrowd": 0,
-            }
-        )
-    return anns
-
-
 def write_synthetic(
     out: str | Path,
     seed: int = 0,
@@ -367,6 +250,7 @@ def write_synthetic(
     background: str = "textured",
     main_radius: Sequence[float] = _MAIN_RADIUS,
     ade_ignore_boundary: bool = False,
+    coco_style: str = "exact",
     jpeg_quality: int = 95,
     overwrite: bool = False,
 ) -> dict:
@@ -375,7 +259,8 @@ def write_synthetic(
     Returns a summary: the root of each layout, counts, and class names (the ImageNet folders are
     the shape names, so ImageNet label indices are their sorted order, not `SHAPE_CLASSES` order).
     Existing non-empty layout folders raise FileExistsError unless `overwrite=True`, which removes
-    them first (so files from an earlier, larger write cannot linger).
+    them first (so files from an earlier, larger write cannot linger). `coco_style`: "exact" (RLE of the
+    exact masks) or "real" (real COCO's quirks, `coco.py`); it changes the COCO layout only.
     """
     if not 2 <= num_classes <= len(SHAPE_CLASSES):
         raise ValueError(f"num_classes must be in 2..{len(SHAPE_CLASSES)}, got {num_classes}")
@@ -386,6 +271,8 @@ def write_synthetic(
         )
     if max_instances < 1:
         raise ValueError(f"max_instances must be >= 1, got {max_instances}")
+    if coco_style not in COCO_STYLES:
+        raise ValueError(f"coco_style must be one of {COCO_STYLES}, got {coco_style!r}")
     _check_scene_options(textures, background, main_radius)
     scene_options = dict(textures=textures, background=background, main_radius=tuple(main_radius))
     unknown = set(layouts) - set(LAYOUTS)
@@ -417,8 +304,7 @@ def write_synthetic(
     if "imagenet" in layouts:
         summary["imagenet"] = {"root": str(roots["imagenet"]), "classes": sorted(classes), "per_class": {}}
     if "coco" in layouts:
-        (roots["coco"] / "annotations").mkdir(parents=True, exist_ok=True)
-        summary["coco"] = {"root": str(roots["coco"]), "num_annotations": {}}
+        summary["coco"] = {"root": str(roots["coco"]), "style": coco_style, "num_annotations": {}}
     if "ade20k" in layouts:
         summary["ade20k"] = {
             "root": str(roots["ade20k"]),
@@ -426,17 +312,14 @@ def write_synthetic(
             "ignore_label": 0,
             "ignore_boundary": ade_ignore_boundary,
         }
-    categories = [{"id": i + 1, "name": c, "supercategory": "shape"} for i, c in enumerate(classes)]
-
     for split, num in (("train", num_train), ("val", num_val)):
         if "imagenet" in layouts:
             for c in classes:
                 (roots["imagenet"] / split / c).mkdir(parents=True, exist_ok=True)
             per_class = dict.fromkeys(classes, 0)
         if "coco" in layouts:
-            coco_dir = roots["coco"] / _COCO_SPLIT[split]
-            coco_dir.mkdir(parents=True, exist_ok=True)
-            images, annotations = [], []
+            coco = CocoSplitWriter(roots["coco"], _COCO_SPLIT[split], tuple(classes), coco_style,
+                                   description=f"mae-transfer synthetic shapes, seed {seed}", jpeg_quality=jpeg_quality)
         if "ade20k" in layouts:
             ade_img = roots["ade20k"] / "images" / _ADE_SPLIT[split]
             ade_ann = roots["ade20k"] / "annotations" / _ADE_SPLIT[split]
@@ -451,11 +334,8 @@ def write_synthetic(
                 cname = classes[scene.label]
                 (roots["imagenet"] / split / cname / f"{split}_{image_id:08d}.JPEG").write_bytes(jpeg)
                 per_class[cname] += 1
-            if "coco" in layouts:
-                file_name = f"{image_id:012d}.jpg"
-                (coco_dir / file_name).write_bytes(jpeg)
-                images.append({"id": image_id, "file_name": file_name, "width": img_size, "height": img_size})
-                annotations += _coco_annotations(scene, image_id, len(annotations) + 1)
+            if "coco" in layouts:  # the real style's own draws: a stream apart from the scene's [seed, code, 0, i]
+                coco.add(scene, idx, jpeg, np.random.default_rng([seed, _SPLITS[split], 2, idx]))
             if "ade20k" in layouts:
                 stem = f"{_ADE_PREFIX[split]}_{image_id:08d}"
                 (ade_img / f"{stem}.jpg").write_bytes(jpeg)
@@ -465,16 +345,7 @@ def write_synthetic(
         if "imagenet" in layouts:
             summary["imagenet"]["per_class"][split] = per_class
         if "coco" in layouts:
-            ann_file = roots["coco"] / "annotations" / f"instances_{_COCO_SPLIT[split]}.json"
-            dataset = {
-                "info": {"description": f"mae-transfer synthetic shapes, seed {seed}", "version": "1.0"},
-                "licenses": [],
-                "images": images,
-                "annotations": annotations,
-                "categories": categories,
-            }
-            ann_file.write_text(json.dumps(dataset))
-            summary["coco"][f"{split}_json"] = str(ann_file)
-            summary["coco"][f"{split}_images"] = str(coco_dir)
-            summary["coco"]["num_annotations"][split] = len(annotations)
+            summary["coco"][f"{split}_json"] = str(coco.close())
+            summary["coco"][f"{split}_images"] = str(coco.image_dir)
+            summary["coco"]["num_annotations"][split] = len(coco.annotations)
     return summary
