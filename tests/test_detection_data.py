@@ -43,7 +43,9 @@ def test_missing_annotation_file_cli_exit_2(coco, tmp_path):
     with pytest.raises(DatasetLayoutError, match="instances_val2017.json not found"):
         check_split(coco, "val")
     # the command line turns it into exit code 2 and the message, before any model is built
-    proc = subprocess.run(maet("detect", "eval", "--data-root", str(coco), "--weights", "none.pth",
+    weights = tmp_path / "model.pth"  # exists: the data check comes before the model file is read
+    weights.write_bytes(b"")
+    proc = subprocess.run(maet("detect", "eval", "--data-root", str(coco), "--weights", str(weights),
                                "--output-dir", str(tmp_path / "out"), "--no-record"),
                           capture_output=True, text=True, env=one_thread_env(), timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
