@@ -23,10 +23,10 @@ from .checkpoints import FORMATS, KNOWN_FORMATS, guess_heads, infer_mae_kwargs, 
 from .errors import ArchitectureMismatchError, CheckpointFormatError
 from .hf import hf_to_mae_state_dict, is_hf_vitmae_state_dict
 from .mae import MAE_PRESETS, MaskedAutoencoder
+from .safetensors_io import is_safetensors, safetensors_hints
 from .vit import VIT_ARCHS, arch_for_width_depth
 
 DECODER_PREFIXES = ("mask_token", "decoder_")
-ARCH_METADATA_KEY = "mae_transfer.arch"  # safetensors metadata: what the weights cannot say (heads, eps)
 HEAD_PREFIXES = ("head.", "fc_norm.")
 OFFICIAL_EPS = 1e-6  # the official MAE and timm LayerNorm eps; HF configs default to 1e-12
 HF_CLASSES = {"hf-vitmae-pretraining": "ViTMAEForPreTraining", "hf-vitmae-model": "ViTMAEModel",
@@ -121,8 +121,8 @@ def sniff(src: str | Path) -> CheckpointInfo:
     path = Path(src)
     if path.is_dir():
         return _read_folder(path)
-    if _is_safetensors(path):
-        return _from_object(_load_safetensors(path), str(path), [path], hints=_safetensors_hints(path))
+    if is_safetensors(path):
+        return _from_object(_load_safetensors(path), str(path), [path], hints=safetensors_hints(path))
     return _from_object(load_file(path), str(path), [path])
 
 
@@ -177,16 +177,6 @@ def apply_preset(info: CheckpointInfo, name: str) -> CheckpointInfo:
 
 
 # ----------------------------------------------------------------------------- files and folders
-def _is_safetensors(path: Path) -> bool:
-    """safetensors: an 8-byte little-endian header length, then the JSON header; torch files start 'PK'/0x80."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(9)
-    except OSError:
-        return False
-    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100 << 20
-
-
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file as load_safetensors
@@ -197,19 +187,6 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointFormatError(
             f"cannot read {path} as safetensors ({type(e).__name__}: {e}); the file may be truncated. "
             "Known formats: " + "; ".join(KNOWN_FORMATS)) from e
-
-
-def _safetensors_hints(path: Path) -> dict:
-    """Heads / eps that `export_timm` records in the safetensors metadata (timm ignores it)."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as f:
-        recorded = (f.metadata() or {}).get(ARCH_METADATA_KEY)
-    try:
-        hints = json.loads(recorded) if recorded else {}
-    except ValueError:
-        return {}
-    return {k: hints[k] for k in ("num_heads", "layer_norm_eps") if k in hints} if isinstance(hints, dict) else {}
 
 
 def _weight_files(folder: Path) -> list[Path]:
