@@ -58,10 +58,11 @@ def _cmd_make_data(args) -> None:
 
 
 def _cmd_visualize(args) -> None:
-    from mae_core.checkpoints import build_mae_from_checkpoint
-    from mae_core.visualize import load_images, visualize
+    from mae_core.visualize import load_images, load_reconstruction_model, visualize
 
-    model, _ = build_mae_from_checkpoint(args.checkpoint)
+    model, notes = load_reconstruction_model(args.checkpoint, norm_pix_loss=args.norm_pix_loss)
+    for note in notes:
+        print(f"note: {note}")
     images = load_images(args.images, model.img_size, limit=args.num_images)
     out = visualize(model, images, args.out, mask_ratio=args.mask_ratio, seed=args.seed)
     print(f"reconstruction grid: {out}")
@@ -102,6 +103,7 @@ def _cmd_inspect(args) -> None:
 def _cmd_convert(args) -> None:
     from mae_core.checkpoints import export_hf, export_timm, save_ours
     from mae_core.formats import apply_preset, sniff
+    from mae_core.target import with_target
 
     info = sniff(args.src)
     if args.arch:
@@ -110,6 +112,7 @@ def _cmd_convert(args) -> None:
         except ValueError as e:  # an unknown preset name: a usage error, not a traceback
             print(f"maet convert: error: {e}", file=sys.stderr)
             raise SystemExit(2) from e
+    info = with_target(info, args.norm_pix_loss)
     for note in info.notes:
         print(f"note: {note}")
     if args.to == "ours":
@@ -184,6 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-images", type=int, default=8)
     p.add_argument("--mask-ratio", type=float, default=0.75)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--norm-pix-loss", action=argparse.BooleanOptionalAction, default=None,
+                   help="the decoder's target, for a file that does not record it: normalised patches (the "
+                        "official *_full files) or raw pixels (--no-; mae_visualize_vit_*); default: the file's, else "
+                        "its name's")
     p.set_defaults(func=_cmd_visualize)
 
     p = sub.add_parser("demo", help="the end-to-end CPU demo on generated data: the synthetic pipeline, its tables, "
@@ -232,6 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", help="preset the checkpoint must match (e.g. mae_vit_base_patch16, vit_large); "
                                   "its heads replace guessed ones")
     p.add_argument("--hf-kind", default="auto", choices=["auto", "pretraining", "model", "classification"])
+    p.add_argument("--norm-pix-loss", action=argparse.BooleanOptionalAction, default=None,
+                   help="the decoder's target, for a file that does not record it (exports and our meta keep it): "
+                        "normalised patches (the official *_full files) or raw pixels (--no-; mae_visualize_vit_*); "
+                        "default: the file's, else its name's, else an error asks")
     p.set_defaults(func=_cmd_convert)
     return parser
 

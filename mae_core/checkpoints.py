@@ -186,14 +186,19 @@ def load_encoder_weights(model: nn.Module, src, *, drop_head: bool = False) -> d
     return {**report, "resized": resized, "dropped": dropped, "format": info.format}
 
 
-def build_mae_from_checkpoint(path: str | Path, **overrides) -> tuple[MaskedAutoencoder, dict]:
-    """Rebuild the MAE a checkpoint of any known format describes (meta, config, else shapes) and load it."""
-    from .formats import sniff
+def build_mae_from_checkpoint(src, **overrides) -> tuple[MaskedAutoencoder, dict]:
+    """Rebuild the MAE a checkpoint of any known format describes (meta, config, else shapes) and load it.
 
-    info = sniff(path)
+    `src` is a path or a CheckpointInfo. `norm_pix_loss` among the overrides states the decoder's
+    target (`target.with_target`): needed for a decoder whose file records none and whose name is unknown.
+    """
+    from .formats import as_info
+    from .target import with_target
+
+    info = with_target(as_info(src), overrides.pop("norm_pix_loss", None))
     kwargs = {**info.mae_kwargs(), **overrides}
     model = info.build_mae(**overrides)
-    report = load_official_weights(model, info.state_dict, source=str(path))
+    report = load_official_weights(model, info.state_dict, source=info.source)
     return model, {"meta": info.meta, "model_kwargs": kwargs, "format": info.format, "notes": info.notes,
                    **report}
 

@@ -35,3 +35,7 @@ class NonFiniteLossError(MAETransferError):
 
 class ClassCountMismatchError(MAETransferError):
     """A classifier whose head has another number of classes than the dataset folder it meets."""
+
+
+class LossTargetError(MAETransferError):
+    """A decoder whose reconstruction target (raw or normalised pixels) is unknown, or stated against the file."""

@@ -24,6 +24,7 @@ from .errors import ArchitectureMismatchError, CheckpointFormatError
 from .hf import hf_to_mae_state_dict, is_hf_vitmae_state_dict
 from .mae import MAE_PRESETS, MaskedAutoencoder
 from .safetensors_io import is_safetensors, safetensors_hints
+from .target import norm_pix_loss, note_target
 from .vit import VIT_ARCHS, arch_for_width_depth
 
 DECODER_PREFIXES = ("mask_token", "decoder_")
@@ -46,7 +47,8 @@ class CheckpointInfo:
 
     `arch` uses the constructor names: embed_dim, depth, num_heads (heads_guessed), patch_size,
     img_size, grid, in_chans, mlp_ratio, qkv_bias, layer_norm_eps, has_decoder (decoder_embed_dim,
-    decoder_depth, decoder_num_heads), has_norm, has_head, num_classes, fc_norm, global_pool.
+    decoder_depth, decoder_num_heads), has_norm, has_head, num_classes, fc_norm, global_pool, and,
+    where known (`target.py`), norm_pix_loss with norm_pix_loss_from (recorded / file name / stated).
     `meta` is what the file says about itself (our meta, an HF/timm config, the training args).
     """
 
@@ -73,16 +75,18 @@ class CheckpointInfo:
 
     def mae_kwargs(self) -> dict:
         """`MaskedAutoencoder` constructor kwargs (plain values, storable in our meta)."""
-        if self.format == "mae-transfer" and "model_kwargs" in self.meta:
-            return dict(self.meta["model_kwargs"])
         a = self.arch
-        kw = {k: a[k] for k in ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio")}
-        if a["has_decoder"]:
-            kw.update({k: a[k] for k in ("decoder_embed_dim", "decoder_depth", "decoder_num_heads")})
-        else:  # our preset's decoder if the meta names one, else MaskedAutoencoder's (the official 512x8)
-            preset = MAE_PRESETS.get(str(self.meta.get("arch", "")), {})
-            kw.update({k: v for k, v in preset.items() if k.startswith("decoder_")})
-        kw["norm_pix_loss"] = bool(a.get("norm_pix_loss", False))
+        if self.format == "mae-transfer" and "model_kwargs" in self.meta:
+            kw = dict(self.meta["model_kwargs"])
+        else:
+            kw = {k: a[k] for k in ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads",
+                                    "mlp_ratio")}
+            if a["has_decoder"]:
+                kw.update({k: a[k] for k in ("decoder_embed_dim", "decoder_depth", "decoder_num_heads")})
+            else:  # our preset's decoder if the meta names one, else MaskedAutoencoder's (the official 512x8)
+                preset = MAE_PRESETS.get(str(self.meta.get("arch", "")), {})
+                kw.update({k: v for k, v in preset.items() if k.startswith("decoder_")})
+        kw["norm_pix_loss"] = norm_pix_loss(self)  # a decoder's unknown target raises (LossTargetError)
         return kw
 
     def build_mae(self, **overrides) -> MaskedAutoencoder:
@@ -266,8 +270,9 @@ def _from_object(obj: dict, source: str, files: list[Path], hints: dict | None =
     if is_hf_vitmae_state_dict(sd):
         notes.append("Hugging Face weights without their config.json: heads and layer-norm eps are guessed")
         return _hf_info(sd, None, source, files, notes)
-    name = meta["args"].get("model") if isinstance(meta.get("args"), dict) else None
-    hints = dict(hints or {}, preset=name or (obj.get("arch") if wrapper else None))  # official args; timm train
+    args = meta["args"] if isinstance(meta.get("args"), dict) else {}  # the official training scripts' args
+    hints = dict(hints or {}, preset=args.get("model") or (obj.get("arch") if wrapper else None),
+                 norm_pix_loss=args.get("norm_pix_loss"))
     sd = _check_official(sd, source)
     return _official_info(sd, wrapper, source, files, meta, hints, notes)
 
@@ -301,7 +306,9 @@ def _official_info(sd, wrapper, source, files, meta, hints, notes, fmt=None) -> 
             notes.append(f"weights under {wrapper!r} (timm's train.py layout)")
         elif wrapper is None and fmt == "official-full":
             notes.append("a bare state dict (no {'model': ...} wrapper) in the official full layout")
-    return CheckpointInfo(fmt, sd, _arch(sd, notes, **hints), meta, notes, source, files)
+    arch = _arch(sd, notes, **hints)
+    note_target(arch, source, notes)
+    return CheckpointInfo(fmt, sd, arch, meta, notes, source, files)
 
 
 def _hf_info(sd, config, source, files, notes=None) -> CheckpointInfo:
@@ -332,7 +339,9 @@ def _hf_info(sd, config, source, files, notes=None) -> CheckpointInfo:
                  decoder_num_heads=config.get("decoder_num_attention_heads"),
                  layer_norm_eps=config.get("layer_norm_eps", 1e-12),  # HF's default, also for files without config
                  norm_pix_loss=config.get("norm_pix_loss"))
-    info = CheckpointInfo(fmt, official, _arch(official, notes, **hints), config, notes, source, files)
+    arch = _arch(official, notes, **hints)
+    note_target(arch, source, notes)
+    info = CheckpointInfo(fmt, official, arch, config, notes, source, files)
     size = config.get("image_size")
     if isinstance(size, int) and size != info.arch["img_size"]:
         notes.append(f"config.json says image_size {size}, the position embeddings hold "
@@ -377,10 +386,8 @@ def _arch(sd, notes, num_heads=None, decoder_num_heads=None, preset=None, layer_
         if not decoder_num_heads:
             notes.append(f"heads of the decoder guessed: {arch['decoder_num_heads']} (32-wide, as the official "
                          "512-wide decoder's 16)")
-        if norm_pix_loss is None:
-            notes.append("norm_pix_loss is not recorded: reconstructions assume raw pixels")
     if norm_pix_loss is not None:
-        arch["norm_pix_loss"] = bool(norm_pix_loss)
+        arch.update(norm_pix_loss=bool(norm_pix_loss), norm_pix_loss_from="recorded")
     extra = [k for k in sd if not _OFFICIAL_KEY.match(k)]
     if extra:
         notes.append(f"{len(extra)} tensors outside the MAE / ViT layout (loaded as unexpected): "
