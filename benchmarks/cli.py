@@ -103,6 +103,7 @@ def _cmd_inspect(args) -> None:
 def _cmd_convert(args) -> None:
     from mae_core.checkpoints import export_hf, export_timm, save_ours
     from mae_core.formats import apply_preset, sniff
+    from mae_core.resample import resample_patch_size
     from mae_core.target import with_target
 
     info = sniff(args.src)
@@ -113,10 +114,15 @@ def _cmd_convert(args) -> None:
             print(f"maet convert: error: {e}", file=sys.stderr)
             raise SystemExit(2) from e
     info = with_target(info, args.norm_pix_loss)
+    resampled = {}
+    if args.patch_size is not None:
+        old = info.arch["patch_size"]
+        info, changes = resample_patch_size(info, args.patch_size)
+        resampled = {"resampled": {"from_patch_size": old, "changes": changes}} if changes else {}
     for note in info.notes:
         print(f"note: {note}")
     if args.to == "ours":
-        out = save_ours(info, args.out)
+        out = save_ours(info, args.out, meta=resampled)
     elif args.to == "hf":
         out = export_hf(info, args.out, kind=None if args.hf_kind == "auto" else args.hf_kind)
     else:
@@ -243,6 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the decoder's target, for a file that does not record it (exports and our meta keep it): "
                         "normalised patches (the official *_full files) or raw pixels (--no-; mae_visualize_vit_*); "
                         "default: the file's, else its name's, else an error asks")
+    p.add_argument("--patch-size", type=int, default=None,
+                   help="resample the patch projection and position embedding to this patch size, keeping the image "
+                        "size (16: ViTDet-H's init from the patch-14 ViT-H MAE); the decoder is dropped")
     p.set_defaults(func=_cmd_convert)
     return parser
 
