@@ -28,10 +28,11 @@ def _cmd_make_data(args) -> None:
 
 
 def _cmd_visualize(args) -> None:
-    from mae_core.checkpoints import build_mae_from_checkpoint
-    from mae_core.visualize import load_images, visualize
+    from mae_core.visualize import load_images, load_reconstruction_model, visualize
 
-    model, _ = build_mae_from_checkpoint(args.checkpoint)
+    model, notes = load_reconstruction_model(args.checkpoint, norm_pix_loss=args.norm_pix_loss)
+    for note in notes:
+        print(f"note: {note}")
     images = load_images(args.images, model.img_size, limit=args.num_images)
     out = visualize(model, images, args.out, mask_ratio=args.mask_ratio, seed=args.seed)
     print(f"reconstruction grid: {out}")
@@ -72,6 +73,8 @@ def _cmd_inspect(args) -> None:
 def _cmd_convert(args) -> None:
     from mae_core.checkpoints import export_hf, export_timm, save_ours
     from mae_core.formats import apply_preset, sniff
+    from mae_core.resample import resample_patch_size
+    from mae_core.target import with_target
 
     info = sniff(args.src)
     if args.arch:
@@ -80,10 +83,16 @@ def _cmd_convert(args) -> None:
         except ValueError as e:  # an unknown preset name: a usage error, not a traceback
             print(f"maet convert: error: {e}", file=sys.stderr)
             raise SystemExit(2) from e
+    info = with_target(info, args.norm_pix_loss)
+    resampled = {}
+    if args.patch_size is not None:
+        old = info.arch["patch_size"]
+        info, changes = resample_patch_size(info, args.patch_size)
+        resampled = {"resampled": {"from_patch_size": old, "changes": changes}} if changes else {}
     for note in info.notes:
         print(f"note: {note}")
     if args.to == "ours":
-        out = save_ours(info, args.out)
+        out = save_ours(info, args.out, meta=resampled)
     elif args.to == "hf":
         out = export_hf(info, args.out, kind=None if args.hf_kind == "auto" else args.hf_kind)
     else:
@@ -161,6 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-images", type=Number(int, 1), default=8, help="rows of the grid")
     p.add_argument("--mask-ratio", type=Number(float, 0.0, 0.99), default=0.75, help="fraction of patches removed")
     p.add_argument("--seed", type=Number(int, 0), default=0, help="seed of the masking noise")
+    p.add_argument("--norm-pix-loss", action=argparse.BooleanOptionalAction, default=None,
+                   help="the decoder's target, for a file that does not record it: normalised patches (the "
+                        "official *_full files) or raw pixels (--no-; mae_visualize_vit_*); default: the file's, else "
+                        "its name's")
     p.set_defaults(func=_cmd_visualize)
 
     p = sub.add_parser("demo", help="the end-to-end CPU demo on generated data: the synthetic pipeline, its tables, "
@@ -228,6 +241,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hf-kind", default="auto", choices=["auto", "pretraining", "model", "classification"],
                    help="with --to hf: the transformers class (auto: pretraining with a decoder, classification "
                         "with a head, else model)")
+    p.add_argument("--norm-pix-loss", action=argparse.BooleanOptionalAction, default=None,
+                   help="the decoder's target, for a file that does not record it (exports and our meta keep it): "
+                        "normalised patches (the official *_full files) or raw pixels (--no-; mae_visualize_vit_*); "
+                        "default: the file's, else its name's, else an error asks")
+    p.add_argument("--patch-size", type=Number(int, 1), default=None,
+                   help="resample the patch projection and position embedding to this patch size, keeping the image "
+                        "size (16: ViTDet-H's init from the patch-14 ViT-H MAE); the decoder is dropped")
     p.set_defaults(func=_cmd_convert)
     return parser
 

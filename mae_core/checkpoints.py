@@ -23,6 +23,7 @@ import torch.nn as nn
 
 from .errors import ArchitectureMismatchError, CheckpointFormatError
 from .mae import MAE_PRESETS, MaskedAutoencoder
+from .safetensors_io import ARCH_METADATA_KEY, save_safetensors
 from .vit import arch_for_width_depth, resize_pos_embed
 
 # format name -> what it is; `formats.sniff` returns one of these names, errors list the descriptions
@@ -185,14 +186,19 @@ def load_encoder_weights(model: nn.Module, src, *, drop_head: bool = False) -> d
     return {**report, "resized": resized, "dropped": dropped, "format": info.format}
 
 
-def build_mae_from_checkpoint(path: str | Path, **overrides) -> tuple[MaskedAutoencoder, dict]:
-    """Rebuild the MAE a checkpoint of any known format describes (meta, config, else shapes) and load it."""
-    from .formats import sniff
+def build_mae_from_checkpoint(src, **overrides) -> tuple[MaskedAutoencoder, dict]:
+    """Rebuild the MAE a checkpoint of any known format describes (meta, config, else shapes) and load it.
 
-    info = sniff(path)
+    `src` is a path or a CheckpointInfo. `norm_pix_loss` among the overrides states the decoder's
+    target (`target.with_target`): needed for a decoder whose file records none and whose name is unknown.
+    """
+    from .formats import as_info
+    from .target import with_target
+
+    info = with_target(as_info(src), overrides.pop("norm_pix_loss", None))
     kwargs = {**info.mae_kwargs(), **overrides}
     model = info.build_mae(**overrides)
-    report = load_official_weights(model, info.state_dict, source=str(path))
+    report = load_official_weights(model, info.state_dict, source=info.source)
     return model, {"meta": info.meta, "model_kwargs": kwargs, "format": info.format, "notes": info.notes,
                    **report}
 
@@ -245,7 +251,7 @@ def export_timm(src, path: str | Path) -> Path:
     `.safetensors` (as timm's hub files) or any other suffix for `torch.save`. The decoder is left
     out: timm has none. `CheckpointInfo.timm_kwargs()` gives the matching model arguments.
     """
-    from .formats import ARCH_METADATA_KEY, DECODER_PREFIXES, as_info
+    from .formats import DECODER_PREFIXES, as_info
 
     info = as_info(src)
     sd = {k: v for k, v in info.state_dict.items() if not k.startswith(DECODER_PREFIXES)}
@@ -308,25 +314,3 @@ def _hf_export_problem(a: dict, kind: str) -> str | None:
     if kind != "classification" and a["has_head"]:
         return "its classification head has no place in ViTMAE: use kind='classification'"
     return None
-
-
-def save_safetensors(sd: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> Path:
-    """safetensors' save_file, atomically; tensors that share storage are copied (safetensors refuses them)."""
-    from safetensors.torch import save_file
-
-    path, seen, out = Path(path), set(), {}
-    for k, v in sd.items():
-        v = v.detach().contiguous()
-        ptr = v.untyped_storage().data_ptr()
-        out[k] = v.clone() if ptr in seen and v.numel() else v
-        seen.add(ptr)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(out, tmp, metadata={"format": "pt", **(metadata or {})})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path

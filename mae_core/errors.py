@@ -39,3 +39,7 @@ class ClassCountMismatchError(MAETransferError):
 
 class OptionError(MAETransferError):
     """An option value that cannot work: out of range, unknown, or not possible on this machine."""
+
+
+class LossTargetError(MAETransferError):
+    """A decoder whose reconstruction target (raw or normalised pixels) is unknown, or stated against the file."""

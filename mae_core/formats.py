@@ -23,10 +23,11 @@ from .checkpoints import FORMATS, KNOWN_FORMATS, guess_heads, infer_mae_kwargs, 
 from .errors import ArchitectureMismatchError, CheckpointFormatError
 from .hf import hf_to_mae_state_dict, is_hf_vitmae_state_dict
 from .mae import MAE_PRESETS, MaskedAutoencoder
+from .safetensors_io import is_safetensors, safetensors_hints
+from .target import norm_pix_loss, note_target
 from .vit import VIT_ARCHS, arch_for_width_depth
 
 DECODER_PREFIXES = ("mask_token", "decoder_")
-ARCH_METADATA_KEY = "mae_transfer.arch"  # safetensors metadata: what the weights cannot say (heads, eps)
 HEAD_PREFIXES = ("head.", "fc_norm.")
 OFFICIAL_EPS = 1e-6  # the official MAE and timm LayerNorm eps; HF configs default to 1e-12
 HF_CLASSES = {"hf-vitmae-pretraining": "ViTMAEForPreTraining", "hf-vitmae-model": "ViTMAEModel",
@@ -46,7 +47,8 @@ class CheckpointInfo:
 
     `arch` uses the constructor names: embed_dim, depth, num_heads (heads_guessed), patch_size,
     img_size, grid, in_chans, mlp_ratio, qkv_bias, layer_norm_eps, has_decoder (decoder_embed_dim,
-    decoder_depth, decoder_num_heads), has_norm, has_head, num_classes, fc_norm, global_pool.
+    decoder_depth, decoder_num_heads), has_norm, has_head, num_classes, fc_norm, global_pool, and,
+    where known (`target.py`), norm_pix_loss with norm_pix_loss_from (recorded / file name / stated).
     `meta` is what the file says about itself (our meta, an HF/timm config, the training args).
     """
 
@@ -73,16 +75,18 @@ class CheckpointInfo:
 
     def mae_kwargs(self) -> dict:
         """`MaskedAutoencoder` constructor kwargs (plain values, storable in our meta)."""
-        if self.format == "mae-transfer" and "model_kwargs" in self.meta:
-            return dict(self.meta["model_kwargs"])
         a = self.arch
-        kw = {k: a[k] for k in ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio")}
-        if a["has_decoder"]:
-            kw.update({k: a[k] for k in ("decoder_embed_dim", "decoder_depth", "decoder_num_heads")})
-        else:  # our preset's decoder if the meta names one, else MaskedAutoencoder's (the official 512x8)
-            preset = MAE_PRESETS.get(str(self.meta.get("arch", "")), {})
-            kw.update({k: v for k, v in preset.items() if k.startswith("decoder_")})
-        kw["norm_pix_loss"] = bool(a.get("norm_pix_loss", False))
+        if self.format == "mae-transfer" and "model_kwargs" in self.meta:
+            kw = dict(self.meta["model_kwargs"])
+        else:
+            kw = {k: a[k] for k in ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads",
+                                    "mlp_ratio")}
+            if a["has_decoder"]:
+                kw.update({k: a[k] for k in ("decoder_embed_dim", "decoder_depth", "decoder_num_heads")})
+            else:  # our preset's decoder if the meta names one, else MaskedAutoencoder's (the official 512x8)
+                preset = MAE_PRESETS.get(str(self.meta.get("arch", "")), {})
+                kw.update({k: v for k, v in preset.items() if k.startswith("decoder_")})
+        kw["norm_pix_loss"] = norm_pix_loss(self)  # a decoder's unknown target raises (LossTargetError)
         return kw
 
     def build_mae(self, **overrides) -> MaskedAutoencoder:
@@ -121,8 +125,8 @@ def sniff(src: str | Path) -> CheckpointInfo:
     path = Path(src)
     if path.is_dir():
         return _read_folder(path)
-    if _is_safetensors(path):
-        return _from_object(_load_safetensors(path), str(path), [path], hints=_safetensors_hints(path))
+    if is_safetensors(path):
+        return _from_object(_load_safetensors(path), str(path), [path], hints=safetensors_hints(path))
     return _from_object(load_file(path), str(path), [path])
 
 
@@ -177,16 +181,6 @@ def apply_preset(info: CheckpointInfo, name: str) -> CheckpointInfo:
 
 
 # ----------------------------------------------------------------------------- files and folders
-def _is_safetensors(path: Path) -> bool:
-    """safetensors: an 8-byte little-endian header length, then the JSON header; torch files start 'PK'/0x80."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(9)
-    except OSError:
-        return False
-    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100 << 20
-
-
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file as load_safetensors
@@ -197,19 +191,6 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointFormatError(
             f"cannot read {path} as safetensors ({type(e).__name__}: {e}); the file may be truncated. "
             "Known formats: " + "; ".join(KNOWN_FORMATS)) from e
-
-
-def _safetensors_hints(path: Path) -> dict:
-    """Heads / eps that `export_timm` records in the safetensors metadata (timm ignores it)."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as f:
-        recorded = (f.metadata() or {}).get(ARCH_METADATA_KEY)
-    try:
-        hints = json.loads(recorded) if recorded else {}
-    except ValueError:
-        return {}
-    return {k: hints[k] for k in ("num_heads", "layer_norm_eps") if k in hints} if isinstance(hints, dict) else {}
 
 
 def _weight_files(folder: Path) -> list[Path]:
@@ -289,8 +270,9 @@ def _from_object(obj: dict, source: str, files: list[Path], hints: dict | None =
     if is_hf_vitmae_state_dict(sd):
         notes.append("Hugging Face weights without their config.json: heads and layer-norm eps are guessed")
         return _hf_info(sd, None, source, files, notes)
-    name = meta["args"].get("model") if isinstance(meta.get("args"), dict) else None
-    hints = dict(hints or {}, preset=name or (obj.get("arch") if wrapper else None))  # official args; timm train
+    args = meta["args"] if isinstance(meta.get("args"), dict) else {}  # the official training scripts' args
+    hints = dict(hints or {}, preset=args.get("model") or (obj.get("arch") if wrapper else None),
+                 norm_pix_loss=args.get("norm_pix_loss"))
     sd = _check_official(sd, source)
     return _official_info(sd, wrapper, source, files, meta, hints, notes)
 
@@ -324,7 +306,9 @@ def _official_info(sd, wrapper, source, files, meta, hints, notes, fmt=None) -> 
             notes.append(f"weights under {wrapper!r} (timm's train.py layout)")
         elif wrapper is None and fmt == "official-full":
             notes.append("a bare state dict (no {'model': ...} wrapper) in the official full layout")
-    return CheckpointInfo(fmt, sd, _arch(sd, notes, **hints), meta, notes, source, files)
+    arch = _arch(sd, notes, **hints)
+    note_target(arch, source, notes)
+    return CheckpointInfo(fmt, sd, arch, meta, notes, source, files)
 
 
 def _hf_info(sd, config, source, files, notes=None) -> CheckpointInfo:
@@ -355,7 +339,9 @@ def _hf_info(sd, config, source, files, notes=None) -> CheckpointInfo:
                  decoder_num_heads=config.get("decoder_num_attention_heads"),
                  layer_norm_eps=config.get("layer_norm_eps", 1e-12),  # HF's default, also for files without config
                  norm_pix_loss=config.get("norm_pix_loss"))
-    info = CheckpointInfo(fmt, official, _arch(official, notes, **hints), config, notes, source, files)
+    arch = _arch(official, notes, **hints)
+    note_target(arch, source, notes)
+    info = CheckpointInfo(fmt, official, arch, config, notes, source, files)
     size = config.get("image_size")
     if isinstance(size, int) and size != info.arch["img_size"]:
         notes.append(f"config.json says image_size {size}, the position embeddings hold "
@@ -400,10 +386,8 @@ def _arch(sd, notes, num_heads=None, decoder_num_heads=None, preset=None, layer_
         if not decoder_num_heads:
             notes.append(f"heads of the decoder guessed: {arch['decoder_num_heads']} (32-wide, as the official "
                          "512-wide decoder's 16)")
-        if norm_pix_loss is None:
-            notes.append("norm_pix_loss is not recorded: reconstructions assume raw pixels")
     if norm_pix_loss is not None:
-        arch["norm_pix_loss"] = bool(norm_pix_loss)
+        arch.update(norm_pix_loss=bool(norm_pix_loss), norm_pix_loss_from="recorded")
     extra = [k for k in sd if not _OFFICIAL_KEY.match(k)]
     if extra:
         notes.append(f"{len(extra)} tensors outside the MAE / ViT layout (loaded as unexpected): "

@@ -1,8 +1,11 @@
 """Reconstruction figures: original | masked | reconstruction | reconstruction with visible patches pasted.
 
-With `norm_pix_loss` the model predicts each patch normalised by its own mean and variance; to show
-pixels we un-normalise every predicted patch with the statistics of the true patch, as the
-official visualisation of norm-pix models does.
+Only a trained decoder reconstructs: a file without one (the official encoder-only
+`mae_pretrain_vit_*.pth`) is refused, since a fresh decoder would draw noise. The official demo
+draws a raw-pixel model (`mae_visualize_vit_*.pth`). A norm-pix model predicts each patch
+normalised by its own mean and variance; to show pixels we un-normalise each predicted patch with
+the statistics of the true patch, so the brightness and contrast of removed patches come from the
+original (said in a note, as the figure cannot say it).
 """
 
 from __future__ import annotations
@@ -13,12 +16,37 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from .checkpoints import build_mae_from_checkpoint
 from .data import build_eval_transform, denormalize
-from .errors import DatasetLayoutError
+from .errors import CheckpointFormatError, DatasetLayoutError
+from .formats import as_info
 from .mae import MaskedAutoencoder
 
 COLUMNS = ("original", "masked", "reconstruction", "reconstruction + visible")
 IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".bmp", ".webp"}
+WITH_DECODER = ("the official mae_visualize_vit_*.pth (raw pixels) or mae_pretrain_vit_*_full.pth (norm-pix), "
+                "or the mae_pretrain.pth / checkpoint-*.pth of `maet pretrain`")
+NORM_PIX_NOTE = ("norm-pix model: it predicts each removed patch normalised; the reconstructions show it with the "
+                 "true patch's mean and variance, so their brightness and contrast come from the original")
+
+
+def load_reconstruction_model(src, norm_pix_loss: bool | None = None) -> tuple[MaskedAutoencoder, list[str]]:
+    """The MAE of a checkpoint with a complete trained decoder, and notes; CheckpointFormatError if it has none.
+
+    `norm_pix_loss` states the decoder's target where the file does not record it (`target.py`).
+    """
+    info = as_info(src)
+    if not info.arch["has_decoder"]:
+        raise CheckpointFormatError(
+            f"{info.source} holds no decoder (no mask_token / decoder_* tensors: an encoder-only file, like the "
+            "official mae_pretrain_vit_*.pth), so it cannot reconstruct images: a new decoder would draw noise. "
+            f"Use a file with the decoder: {WITH_DECODER}.")
+    model, report = build_mae_from_checkpoint(info, norm_pix_loss=norm_pix_loss)
+    if report["missing"]:
+        raise CheckpointFormatError(
+            f"{info.source} lacks {len(report['missing'])} tensors of the MAE ({', '.join(report['missing'][:5])}), "
+            f"so its reconstructions would be partly untrained. Use a complete file: {WITH_DECODER}.")
+    return model, report["notes"] + ([NORM_PIX_NOTE] if model.norm_pix_loss else [])
 
 
 @torch.no_grad()

@@ -166,7 +166,7 @@ def test_deeper_checkpoint_reports_unexpected_blocks():
 # --------------------------------------------------------------------------- position-embedding resize
 def test_checkpoint_at_32px_loads_into_48px_model(tmp_path):
     source = tiny(seed=0)  # grid 4x4; perturbed, so the cls entries are non-zero
-    path = save_mae_checkpoint(tmp_path / "c.pth", source, {"model_kwargs": dict(TINY)})
+    path = save_mae_checkpoint(tmp_path / "c.pth", source, {"model_kwargs": {**TINY, "norm_pix_loss": False}})
     sd = source.state_dict()
 
     model, report = build_mae_from_checkpoint(path, img_size=48)  # grid 6x6
@@ -342,7 +342,8 @@ def test_wider_checkpoint_into_narrower_model(tmp_path):
     assert "width 96" in msg and "width 64" in msg  # both architectures named
     assert "wide.pth" in msg
 
-    path = save_mae_checkpoint(tmp_path / "wide.pth", wide, {"model_kwargs": {**TINY, "embed_dim": 96}})
+    path = save_mae_checkpoint(tmp_path / "wide.pth", wide,
+                               {"model_kwargs": {**TINY, "embed_dim": 96, "norm_pix_loss": False}})
     with pytest.raises(ArchitectureMismatchError, match="width 96.*width 64"):
         build_mae_from_checkpoint(path, embed_dim=64)
 

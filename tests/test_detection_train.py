@@ -12,11 +12,12 @@ import pytest
 pytest.importorskip("detectron2")
 
 import torch  # noqa: E402
+from timm.layers import resample_patch_embed  # noqa: E402
 
 from mae_core.checkpoints import sha256_file  # noqa: E402
 from mae_core.data import write_synthetic  # noqa: E402
 from tests.helpers import maet, one_thread_env  # noqa: E402
-from tests.test_detection_weights import TEST_ARCH, tiny_mae_checkpoint  # noqa: E402
+from tests.test_detection_weights import TEST_ARCH, p14_encoder_file, tiny_mae_checkpoint  # noqa: E402
 
 pytestmark = pytest.mark.slow
 ITERS = 6
@@ -124,3 +125,21 @@ def test_two_gloo_processes(setup):
     assert len(new) == 1 and new[0]["world_size"] == 2  # only rank 0 writes
     log = (out / "log.txt").read_text()
     assert "World size: 2" in log
+
+
+def test_p14_init_is_converted_on_the_way_in_and_trains(setup, tmp_path):
+    """`--init` of another patch size (the ViT-H MAE's 14 for ViTDet-H's 16): resampled, noted, trained."""
+    root, coco, _ = setup
+    init, out = p14_encoder_file(tmp_path / "mae_pretrain_p14.pth"), tmp_path / "run"
+    cmd = maet("detect", "train", "--data-root", str(coco), "--init", str(init), "--output-dir", str(out),
+               "--max-iter", "2", "--no-record", "--seed", "0", *TEST_ARCH)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=one_thread_env(), timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((out / "init_report.json").read_text())
+    assert report["loaded"] > 0 and "is patch 14, the backbone patch 8: resampled" in report["notes"][0]
+    steps = [r for r in map(json.loads, (out / "metrics.json").read_text().splitlines()) if "total_loss" in r]
+    assert steps[-1]["iteration"] == 1 and all(torch.isfinite(torch.tensor(r["total_loss"])) for r in steps)
+    start = resample_patch_embed(torch.load(init, weights_only=True)["model"]["patch_embed.proj.weight"], [8, 8])
+    final = torch.load(out / "model_final.pth", weights_only=True)["model"]["backbone.net.patch_embed.proj.weight"]
+    assert final.shape == start.shape and not torch.equal(final, start)  # the resampled kernel was trained
+    torch.testing.assert_close(final, start, atol=0.05, rtol=0)  # from where it started, two steps away

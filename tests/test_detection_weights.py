@@ -10,7 +10,7 @@ import torch  # noqa: E402
 
 from mae_core.checkpoints import export_hf, export_timm, save_mae_checkpoint  # noqa: E402
 from mae_core.errors import ArchitectureMismatchError  # noqa: E402
-from mae_core.mae import create_mae  # noqa: E402
+from mae_core.mae import MaskedAutoencoder, create_mae  # noqa: E402
 from transfer.detection.config import load_config  # noqa: E402
 from transfer.detection.weights import check_architecture, load_encoder, pretrain_img_size  # noqa: E402
 from transfer.encoder_init import read_encoder  # noqa: E402
@@ -24,6 +24,16 @@ ENCODER_IN_MODEL = ("pos_embed", "patch_embed.", "blocks.")
 @pytest.fixture(scope="module")
 def mae_file(tmp_path_factory):
     return tiny_mae_checkpoint(tmp_path_factory.mktemp("det_w") / "mae.pth")
+
+
+def p14_encoder_file(path):
+    """The official encoder-only layout (as mae_pretrain_vit_huge.pth) of the tests' ViT at patch 14, 56 px (4x4)."""
+    torch.manual_seed(0)
+    model = MaskedAutoencoder(img_size=56, patch_size=14, embed_dim=64, depth=2, num_heads=4, decoder_embed_dim=32,
+                              decoder_depth=1, decoder_num_heads=4)
+    torch.save({"model": {k: v for k, v in model.state_dict().items() if not k.startswith(("mask_token", "decoder"))}},
+               path)
+    return path
 
 
 def tiny_mae_checkpoint(path):
@@ -118,3 +128,24 @@ def test_supervised_classifier_encoder_arrives(tmp_path, one_thread):
     report = load_encoder(model, enc)
     _check_every_tensor_arrives(enc, model, report)
     assert {"fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias"} <= set(report.unused)
+
+
+def test_p14_encoder_is_resampled_into_the_backbone_patch(tmp_path, one_thread):
+    """ViT-H MAE (patch 14) into ViTDet-H (patch 16), at test scale: a patch-14 file into the tiny patch-8 backbone."""
+    from timm.layers import resample_patch_embed
+
+    path = p14_encoder_file(tmp_path / "mae_pretrain_p14.pth")
+    with pytest.raises(ArchitectureMismatchError, match="patch_size 14 in the checkpoint vs 8"):
+        _model_for(read_encoder(path))  # read as it is, the file does not fit
+    enc = read_encoder(path, patch_size=8)
+    assert enc.arch["patch_size"] == 8 and pretrain_img_size(enc) == 56  # grid 4 at patch 14 -> 7 at patch 8
+    model = _model_for(enc)
+    report = load_encoder(model, enc)
+    _check_every_tensor_arrives(enc, model, report)
+    original = torch.load(path, weights_only=True)["model"]["patch_embed.proj.weight"]
+    assert torch.equal(model.state_dict()["backbone.net.patch_embed.proj.weight"],
+                       resample_patch_embed(original, [8, 8]))
+    assert report.pretrain_grid == (7, 7) and report.to_dict()["notes"] == report.notes
+    assert report.notes[0].startswith("mae_pretrain_p14.pth is patch 14, the backbone patch 8: resampled")
+    assert any(n.startswith("patch_embed.proj.weight (64, 3, 14, 14) -> (64, 3, 8, 8)") for n in report.notes)
+    assert "note: mae_pretrain_p14.pth is patch 14" in report.summary()

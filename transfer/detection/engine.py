@@ -110,7 +110,7 @@ def build_config(job: DetectionJob):
             side = int(round((pos.shape[1] - 1) ** 0.5))
             cfg.model.backbone.net.pretrain_img_size = side * cfg.model.backbone.net.patch_size
         return cfg, None
-    enc = read_encoder(job.init)
+    enc = read_encoder(job.init, patch_size=cfg.model.backbone.net.patch_size)  # ViT-H MAE p14 -> ViTDet-H p16
     check_architecture(enc, cfg.model.backbone.net)
     if not enc.is_scratch:
         cfg.model.backbone.net.pretrain_img_size = pretrain_img_size(enc)

@@ -42,6 +42,7 @@ class LoadReport:
     new: list[str] = field(default_factory=list)  # model keys not in the checkpoint (initialised fresh)
     unused: dict[str, str] = field(default_factory=dict)  # checkpoint key -> why the model does not take it
     pretrain_grid: tuple[int, int] | None = None
+    notes: list[str] = field(default_factory=list)  # what was done to the weights on the way in (resampling)
 
     def summary(self) -> str:
         if not self.loaded:
@@ -55,10 +56,12 @@ class LoadReport:
                  f"  new ({len(self.new)}): {new}",
                  f"  unused ({len(self.unused)}): " + ", ".join(sorted(self.unused))]
         lines += [f"    {k}: {why}" for k, why in sorted(self.unused.items()) if k in UNUSED_ENCODER]
+        lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
-        return {"init": self.init, "loaded": len(self.loaded), "new": self.new, "unused": self.unused}
+        return {"init": self.init, "loaded": len(self.loaded), "new": self.new, "unused": self.unused,
+                "notes": self.notes}
 
 
 def map_encoder_keys(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -116,6 +119,7 @@ def load_encoder(model: torch.nn.Module, enc: EncoderInit) -> LoadReport:
         report.new = sorted(model_sd)
         return report
     mapped, report.unused = map_encoder_keys(enc.state_dict)
+    report.notes = list(enc.notes)
     report.unused.update({k: "decoder / mask token / classifier head: not part of the encoder"
                           for k in enc.not_encoder})
     missing = sorted(k for k in mapped if k not in model_sd)
