@@ -76,6 +76,6 @@ def test_the_decoder_is_dropped_and_said_so(p14, tmp_path, capsys):
 def test_bad_patch_size_is_a_clear_error(p14, tmp_path, capsys):
     torch.save({"model": encoder_only(p14.state_dict())}, tmp_path / "enc.pth")
     assert main(["convert", str(tmp_path / "enc.pth"), "--to", "ours", "--out", str(tmp_path / "o.pth"),
-                 "--patch-size", "0"]) == 2
+                 "--patch-size", "300"]) == 2  # larger than the image
     err = capsys.readouterr().err
     assert "maet convert: error: cannot resample" in err and "between 1 and 224" in err
