@@ -1,5 +1,9 @@
 """`maet finetune`, `maet linprobe`, `maet eval`: the classification commands; each writes a run record.
 
+A training record says which weights its headline metrics (`top1`, `top5`, `loss`) measure:
+`headline_weights` is 'ema' for a fine-tune with `--model-ema` (the EMA's numbers, as the paper reports
+for its from-scratch baselines; the trained model's are `top1_raw` ...), else 'model'.
+
 `add_classification_commands(subparsers)` registers them on the `maet` parser (benchmarks/cli.py).
 Under torchrun only rank 0 writes the record.
 """
@@ -68,7 +72,7 @@ def _train_handler(task: str):
             checkpoint_sha256=run.get("init_sha256"), seed=cfg.seed, device=run.get("device"),
             started_at=run.get("started_at"), duration_s=round(result.duration_s, 3), run_id=run.get("run_id"),
             git_commit=run.get("git_commit"), versions=run.get("versions"), world_size=run.get("world_size"),
-            precision=run.get("precision"),
+            precision=run.get("precision"), headline_weights=result.weights,
             output={"checkpoint": str(result.checkpoint), "sha256": sha256_file(result.checkpoint)}))
     return handler
 

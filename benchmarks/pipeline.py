@@ -7,18 +7,26 @@ it reads. A finished stage leaves `stage.json` there, so a second run skips it; 
 leaves its engine's resumable checkpoint, so running the pipeline again resumes it. Changing a
 recipe value, a protocol file or an input checkpoint changes the key: a new run, never a stale one.
 
-The config (see pipelines/synthetic.yaml) names the data (generated, or real roots), the MAE
-pretraining (or a given checkpoint), the supervised baseline (classification from scratch on the
-pretraining data), the inits to compare (a task's `inits` may pick a subset), each task's flags,
-and the seeds of the downstream runs. `jobs: N` runs up to N stages at once, each as soon as the
-checkpoints it starts from exist, with the CPU threads shared out and each stage's output in its
-`stage.log`.
+The config (see pipelines/synthetic.yaml; read and checked in pipeline_config.py) names the data
+(generated, or real roots), the MAE pretraining (or a given checkpoint), the supervised baseline
+(classification from scratch on the pretraining data), the inits to compare (a task's `inits` may
+pick a subset), each task's flags, and the seeds of the downstream runs. `jobs: N` runs up to N
+stages at once, each as soon as the checkpoints it starts from exist, with the CPU threads shared
+out and each stage's output in its `stage.log`.
+
+The fine-tune table's scratch row trains a ViT from scratch on the downstream ImageNet. Where the
+pretraining data is that same ImageNet (the published pipelines), the supervised stage already is
+that run, with the recipe the paper's scratch numbers come from (P Table 11, with its EMA):
+`finetune: {scratch_row: supervised}` then makes the supervised stage's record the scratch row,
+and no `finetune/scratch` stage is planned; the row has the supervised stage's one seed. Per-init
+recipe overrides in the task were the alternative: they would train the same model on the same
+data with the same recipe twice (300 ImageNet epochs of a ViT-B, 200 of a ViT-L), and two copies of
+one recipe can drift apart where one run cannot.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import json
 import os
 import shlex
@@ -28,15 +36,22 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from mae_core.checkpoints import sha256_file
-from mae_core.errors import DatasetLayoutError, MAETransferError
+from mae_core.errors import DatasetLayoutError
 from transfer.detection.config import CONFIG_DIR as DETECTION_CONFIGS
 from transfer.segmentation import CONFIG_DIR as SEGMENTATION_CONFIGS
 
-TASKS = ("finetune", "linprobe", "detection", "segmentation")
-BUILTIN_INITS = ("mae", "supervised", "scratch")
+from .pipeline_config import (
+    TASKS,
+    PipelineError,
+    content_key,
+    data_roots,
+    inits_of,
+    load_config,
+    scratch_row_is_supervised,
+    tables_dir,
+)
+
 STAGE_DONE = "stage.json"
 STAGE_LOG = "stage.log"  # a stage's output when stages run in parallel (`jobs` > 1)
 # What each task's command is, the data root it reads and the flag that names it, and its output-folder
@@ -56,11 +71,6 @@ START_ORDER = ("pretrain", "supervised", "detection", "segmentation", "finetune"
 # The shipped protocol files of the dense tasks. A protocol imports its neighbours (tiny -> ViT-B -> the LSJ
 # loader; mmseg `_base_`s), and a user's own may import them too, so the whole folder enters the stage key.
 PROTOCOL_DIRS = {"detection": DETECTION_CONFIGS, "segmentation": SEGMENTATION_CONFIGS}
-LAYOUT_OF = {"pretrain": "imagenet", "imagenet": "imagenet", "coco": "coco", "ade20k": "ade20k"}
-
-
-class PipelineError(MAETransferError):
-    """A pipeline config or stage that cannot run as asked."""
 
 
 @dataclass
@@ -103,81 +113,33 @@ def flags(options: dict) -> list[str]:
     return argv + [str(o) for o in options.get("opts", [])]
 
 
-def load_config(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise PipelineError(f"pipeline config {path} does not exist; the shipped ones are in pipelines/")
-    cfg = yaml.safe_load(path.read_text()) or {}
-    unknown = set(cfg) - {"name", "description", "output_dir", "results_dir", "tables_dir", "seeds", "launcher",
-                          "jobs", "data", "pretrain", "supervised", "inits", *TASKS}
-    if unknown:
-        raise PipelineError(f"{path}: unknown keys {sorted(unknown)}")
-    for required in ("name", "data", "inits"):
-        if required not in cfg:
-            raise PipelineError(f"{path}: the config needs '{required}'")
-    cfg.setdefault("output_dir", f"output/pipelines/{cfg['name']}")
-    cfg.setdefault("seeds", [0])
-    return cfg
-
-
-def inits_of(cfg: dict) -> dict[str, str]:
-    """Init name -> 'mae' | 'supervised' | 'scratch' | a checkpoint path (published files)."""
-    inits = {}
-    for item in cfg["inits"]:
-        if isinstance(item, str) and item in BUILTIN_INITS:
-            inits[item] = item
-        elif isinstance(item, dict) and len(item) == 1:
-            (name, path), = item.items()
-            inits[str(name)] = str(path)
-        else:
-            raise PipelineError(f"inits: {item!r} is neither one of {BUILTIN_INITS} nor {{name: checkpoint path}}")
-    return inits
-
-
-def data_roots(cfg: dict, out: Path) -> dict[str, Path]:
-    """The roots per layout: generated under the output folder, or the real ones (checked to exist)."""
-    data = cfg["data"]
-    if "generate" in data:
-        gen = data["generate"]
-        key = content_key({"generate": gen})[:10]
-        base = out / f"data-{key}"
-        return {"pretrain": base / "pretrain" / "imagenet", "imagenet": base / "downstream" / "imagenet",
-                "coco": base / "downstream" / "coco", "ade20k": base / "downstream" / "ade20k"}
-    return {name: Path(data[name]) for name in LAYOUT_OF if name in data}
-
-
-def tables_dir(cfg: dict) -> Path:
-    """Where the pipeline's tables go: the config's `tables_dir`, else results/tables."""
-    return Path(cfg.get("tables_dir") or "results/tables")
-
-
-def content_key(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
-
 def plan(cfg: dict, roots: dict[str, Path], out: Path) -> list[Stage]:
     """Every stage in run order, with its command, inputs, content key and folder."""
     stages: dict[str, Stage] = {}
     results = ["--results-dir", str(Path(cfg.get("results_dir") or "results/runs").resolve())]
     record = [*results, "--protocol", cfg["name"]]
     inits = inits_of(cfg)
+    reuse = scratch_row_is_supervised(cfg, roots)
     needs_pretrain = "mae" in inits and "checkpoint" not in (cfg.get("pretrain") or {})
     if needs_pretrain:
         stages["pretrain"] = _stage("pretrain", "pretrain", roots, cfg["pretrain"], [])
-    if "supervised" in inits:
+    if "supervised" in inits or reuse:
         sup = {"init": "scratch", **(cfg.get("supervised") or {})}
-        # Its own top-1 is on the pretraining data: a protocol of its own, never in the downstream table.
-        stages["supervised"] = _stage("supervised", "supervised", roots, sup,
-                                      [*results, "--protocol", f"{cfg['name']}: supervised pretraining"])
+        # Its top-1 is on the pretraining data: a protocol of its own, never in the downstream table; unless
+        # that data is the downstream ImageNet and the run is the fine-tune table's scratch row (`scratch_row`).
+        label = ["--protocol", cfg["name"], "--init-name", "scratch"] if reuse else \
+            ["--protocol", f"{cfg['name']}: supervised pretraining"]
+        stages["supervised"] = _stage("supervised", "supervised", roots, sup, [*results, *label])
     for task in TASKS:
         if task not in cfg:
             continue
         recipe = dict(cfg[task])
+        recipe.pop("scratch_row", None)
         chosen = recipe.pop("inits", list(inits))  # a task may run a subset of the inits
         if unknown := [i for i in chosen if i not in inits]:
             raise PipelineError(f"{task}.inits: {unknown} are not among the config's inits {list(inits)}")
         for init, source in inits.items():
-            if init not in chosen:
+            if init not in chosen or (reuse and task == "finetune" and init == "scratch"):
                 continue
             for seed in cfg["seeds"]:
                 name = f"{task}/{init}/seed{seed}"

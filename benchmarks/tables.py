@@ -6,7 +6,12 @@ runs on other data or with another recipe never share a table. Rows are inits, c
 headline metrics (top-1 ft, top-1 lin, APbox, APmask, mIoU) per architecture; several seeds of one
 cell are shown as mean ± std (n), and of several records of one seed only the latest counts. Each
 metric gets a `Δ sup` column where a supervised row exists.
-Published numbers come from `results/published/*.csv`, one table per file, with their sources.
+Published numbers come from `results/published/*.csv`, one table per file, each row with its recipe
+and source; our rows never share a table with them. A published number is its recipe's: the paper's
+scratch top-1 (82.3 / 82.6 / 83.1) is a ViT trained from scratch with P Table 11's recipe and its EMA,
+not the MAE fine-tune recipe. So where the classification rows of one measured table were trained
+with different recipes (the published pipelines' scratch row), a `recipe (ft)` / `recipe (lin)` column
+prints each row's recipe, read from its records' config.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ COLUMN_TASK = {title: task for (task, _), title in HEADLINE.items()}
 INIT_ORDER = ("scratch", "supervised", "mae")
 DEFAULT_PUBLISHED = Path("results") / "published"
 DEFAULT_OUT = Path("results") / "tables"
+RECIPE_COLUMN = {"top-1 (ft)": "recipe (ft)", "top-1 (lin)": "recipe (lin)"}
 
 
 def protocol_of(record: dict) -> str:
@@ -46,14 +52,29 @@ def backbone_of(arch: str) -> str:
     return f"vit_{match.group(1)}" if match else arch
 
 
+def recipe_of(record: dict) -> str:
+    """A classification run's recipe in a few words, from its record's config ('' where it holds none)."""
+    c = record.get("config") or {}
+    if record["task"] not in ("finetune", "linprobe") or "epochs" not in c:
+        return ""
+    lr = f"lr {c['lr']:g}" if c.get("lr") is not None else f"blr {c.get('blr', 0):g}"
+    parts = [f"{c['epochs']} ep", lr, f"wd {c.get('weight_decay', 0):g}"]
+    if record["task"] == "finetune":
+        parts += [f"layer decay {c.get('layer_decay', 0.75):g}", f"β2 {c.get('beta2', 0.999):g}"]
+        if c.get("model_ema"):
+            parts.append(f"EMA {c.get('model_ema_decay', 0.9999):g} (its top-1)")
+    return ", ".join(parts)
+
+
 def measurements(records: list[dict]) -> pd.DataFrame:
-    """One row per (record, headline metric): protocol, arch (the backbone), init, column, value, seed, run_id."""
+    """One row per (record, headline metric): protocol, arch (the backbone), init, column, value, seed, run_id,
+    recipe."""
     records = latest_per_seed(records)
     rows = [dict(protocol=protocol_of(r), arch=backbone_of(r["arch"]), init=r["init"], column=title,
-                 value=float(r["metrics"][key]), seed=r.get("seed"), run_id=r["run_id"])
+                 value=float(r["metrics"][key]), seed=r.get("seed"), run_id=r["run_id"], recipe=recipe_of(r))
             for r in records for (task, key), title in HEADLINE.items()
             if r["task"] == task and key in r["metrics"]]
-    return pd.DataFrame(rows, columns=["protocol", "arch", "init", "column", "value", "seed", "run_id"])
+    return pd.DataFrame(rows, columns=["protocol", "arch", "init", "column", "value", "seed", "run_id", "recipe"])
 
 
 def _init_key(init: pd.Index | pd.Series) -> pd.Index:
@@ -78,12 +99,17 @@ def measured_table(frame: pd.DataFrame) -> pd.DataFrame:
         if "supervised" in group.index:
             table[f"{name} Δ sup"] = (group["mean"] - group.loc["supervised", "mean"]).map("{:+.2f}".format)
     order = [c for title in HEADLINE.values() for c in table if c.split(" [")[0].removesuffix(" Δ sup") == title]
+    for column, title in RECIPE_COLUMN.items():  # only where the rows' recipes differ: like is not like
+        recipes = frame[frame["column"] == column].groupby("init")["recipe"].agg(lambda r: "; ".join(sorted(set(r))))
+        if recipes.nunique() > 1:
+            table[title] = recipes.replace("", "–")
+            order.append(title)
     out = pd.DataFrame(table)[order].fillna("–")
     return out.sort_index(key=_init_key).rename_axis("init")
 
 
 def published_tables(folder: str | Path = DEFAULT_PUBLISHED) -> dict[str, pd.DataFrame]:
-    """Protocol -> table (rows = init, columns = metric per arch, and the sources) from each CSV."""
+    """Protocol -> table (rows = init, columns = metric per arch, the recipe and the sources) from each CSV."""
     tables = {}
     for path in sorted(Path(folder).glob("*.csv")):
         frame = pd.read_csv(path, dtype={"value": str})
@@ -91,7 +117,8 @@ def published_tables(folder: str | Path = DEFAULT_PUBLISHED) -> dict[str, pd.Dat
         keys = zip(frame["task"], frame["metric"], frame["arch"])
         frame["column"] = [f"{HEADLINE.get((task, metric), metric)} [{arch}]" for task, metric, arch in keys]
         table = frame.pivot_table(index="init", columns="column", values="value", aggfunc="first", sort=False)
-        table["source"] = frame.groupby("init", sort=False)["source"].agg(lambda s: "; ".join(dict.fromkeys(s)))
+        for label in ("recipe", "source"):
+            table[label] = frame.groupby("init", sort=False)[label].agg(lambda s: "; ".join(dict.fromkeys(s)))
         tables[protocol] = table.fillna("–").sort_index(key=_init_key)
         tables[protocol].attrs["name"] = path.stem
     return tables

@@ -238,9 +238,10 @@ def test_resume_refuses_another_architecture(tiny_imagenet, tmp_path):
 # ---------------------------------------------------------------- resume after a real kill
 @pytest.mark.slow
 def test_killed_finetune_resumes_bitwise_identical(tiny_imagenet, tmp_path):
-    """Mixup, CutMix, RandAugment, random erasing and drop path all on: every draw must replay."""
+    """Mixup, CutMix, RandAugment, random erasing and drop path all on: every draw must replay; and the EMA
+    of the weights (saved in checkpoint-last.pth) continues where it stopped."""
     init = save_tiny_mae(tmp_path / "mae.pth")
-    cfg = dict(epochs=4, num_workers=1, blr=5e-3)
+    cfg = dict(epochs=4, num_workers=1, blr=5e-3, model_ema=True, model_ema_decay=0.9)
     full = tmp_path / "uninterrupted"
     record = ["--results-dir", str(tmp_path / "runs")]
     subprocess.run(maet("finetune", *cli_args(tiny_finetune_config(tiny_imagenet, full, init, **cfg)), *record),
@@ -261,8 +262,11 @@ def test_killed_finetune_resumes_bitwise_identical(tiny_imagenet, tmp_path):
 
     subprocess.run(args, check=True, env=one_thread_env(), capture_output=True)  # same command: auto-resume
     a, b = load_file(full / "finetuned.pth"), load_file(killed / "finetuned.pth")
-    assert a["model"].keys() == b["model"].keys()
-    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"]), "resumed weights differ"
+    assert a["model"].keys() == b["model"].keys() and b["meta"]["weights"] == "ema"
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"]), "resumed EMA weights differ"
+    last_a, last_b = load_file(full / LAST), load_file(killed / LAST)
+    assert all(torch.equal(last_a["model"][k], last_b["model"][k]) for k in a["model"]), "resumed weights differ"
+    assert not torch.equal(last_b["model"]["head.weight"], b["model"]["head.weight"])  # the EMA is not the model
     assert a["meta"]["metrics"] == b["meta"]["metrics"]
     records = read_records(tmp_path / "runs", "finetune")
     assert len(records) == 2 and records[0]["metrics"]["top1"] == records[1]["metrics"]["top1"]

@@ -236,3 +236,64 @@ def test_every_planned_command_parses(name, tmp_path, monkeypatch):
     for stage in stages.values():
         args = build_parser().parse_args(resolve(stage, stages))  # argparse exits on an unknown flag
         assert args.func is not None, stage.name
+
+
+def parsed(stage, stages, monkeypatch):
+    """A planned stage's command as `maet` parses it (paths of earlier stages and real data are not checked)."""
+    from benchmarks.cli import build_parser
+    from benchmarks.cli_args import PathArg
+    from benchmarks.pipeline import resolve
+
+    monkeypatch.setattr(PathArg, "__call__", lambda self, text: text)
+    return build_parser().parse_args(resolve(stage, stages))
+
+
+@pytest.mark.parametrize("name, epochs, drop_path", [("published_vit_b", 300, 0.1), ("published_vit_l", 200, 0.2)])
+def test_published_supervised_stage_is_the_paper_scratch_recipe_and_the_scratch_row(name, epochs, drop_path,
+                                                                                    tmp_path, monkeypatch):
+    cfg = load_config(Path(__file__).resolve().parents[1] / "pipelines" / f"{name}.yaml")
+    stages = {s.name: s for s in planned(cfg, tmp_path)}
+    sup = parsed(stages["supervised"], stages, monkeypatch)
+    # P Table 11: AdamW (0.9, 0.95), blr 1e-4, wd 0.3, batch 4096, 20 warm-up epochs, 300 (B) / 200 (L) epochs,
+    # RandAug (9, 0.5), smoothing 0.1, Mixup 0.8, CutMix 1.0, drop path 0.1 (B) / 0.2 (L), EMA 0.9999; and
+    # "disable others": no layer decay, no random erasing
+    assert (sup.init, sup.epochs, sup.warmup_epochs, sup.blr, sup.weight_decay, sup.beta2) == \
+        ("scratch", epochs, 20, 1e-4, 0.3, 0.95)
+    assert sup.batch_size * sup.accum_iter * 8 == 4096 and cfg["launcher"].endswith("--nproc_per_node 8")
+    assert (sup.aa, sup.smoothing, sup.mixup, sup.cutmix, sup.drop_path) == \
+        ("rand-m9-mstd0.5-inc1", 0.1, 0.8, 1.0, drop_path)
+    assert (sup.layer_decay, sup.reprob, sup.model_ema, sup.model_ema_decay, sup.model_ema_warmup) == \
+        (1.0, 0.0, True, 0.9999, False)
+    # That run is the fine-tune table's scratch row: recorded in the downstream protocol, not trained twice.
+    assert "finetune/scratch/seed0" not in stages and "linprobe/scratch/seed0" in stages
+    assert (sup.protocol, sup.init_name) == (cfg["name"], "scratch")
+    # The rows fine-tuned from a pretrained encoder keep the MAE fine-tune recipe (FINETUNE.md).
+    for init in ("mae", "supervised"):
+        ft = parsed(stages[f"finetune/{init}/seed0"], stages, monkeypatch)
+        assert (ft.model_ema, ft.beta2, ft.layer_decay, ft.reprob) == (False, 0.999, {"b": 0.65, "l": 0.75}[name[-1]],
+                                                                      0.25)
+
+
+def test_scratch_row_reuses_the_supervised_stage_only_on_the_same_data(tmp_path):
+    imagenet, other = tmp_path / "imagenet", tmp_path / "other"
+    same = {"pretrain": str(imagenet), "imagenet": str(tmp_path / "." / "imagenet")}
+    cfg = config(tmp_path, data=same, finetune=dict(COMMON, epochs=1, scratch_row="supervised"))
+    stages = {s.name: s for s in planned(cfg, tmp_path / "out")}
+    assert "finetune/scratch/seed0" not in stages and "finetune/mae/seed0" in stages
+    argv = stages["supervised"].argv
+    assert argv[argv.index("--protocol") + 1] == "tiny-test" and argv[argv.index("--init-name") + 1] == "scratch"
+    assert "--scratch-row" not in " ".join(s for stage in stages.values() for s in stage.argv)
+
+    cfg["finetune"].pop("scratch_row")  # without it the row is a run of its own, the baseline a protocol of its own
+    stages = {s.name: s for s in planned(cfg, tmp_path / "out")}
+    argv = stages["supervised"].argv
+    assert "finetune/scratch/seed0" in stages and "--init-name" not in argv
+    assert argv[argv.index("--protocol") + 1] == "tiny-test: supervised pretraining"
+
+    cfg = config(tmp_path, finetune=dict(COMMON, scratch_row="supervised"))  # generated: two different sets
+    with pytest.raises(PipelineError, match="needs one folder for both"):
+        planned(cfg, tmp_path / "out")
+    cfg = config(tmp_path, data={"pretrain": str(imagenet), "imagenet": str(other)},
+                 finetune=dict(COMMON, scratch_row="pretrain"))
+    with pytest.raises(PipelineError, match="the only stage it can name is 'supervised'"):
+        planned(cfg, tmp_path / "out")

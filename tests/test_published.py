@@ -99,10 +99,12 @@ def test_published_csvs_equal_the_anchor_numbers():
     assert expected - found == set(), "numbers of ANCHORS.md missing from the CSVs"
 
 
-def test_every_row_names_its_source_and_one_protocol_per_file():
+def test_every_row_names_its_recipe_and_source_and_one_protocol_per_file():
     by_file: dict[str, set[str]] = {}
     for r in csv_rows():
         assert re.match(r"^[PMDS] ", r["source"]), r
+        assert r["recipe"].strip(), r  # a number is its recipe's
+        assert ("Table 11" in r["recipe"]) == (r["init"] == "scratch"), r  # scratch: P's from-scratch recipe only
         by_file.setdefault(r["file"], set()).add(r["protocol"])
     assert all(len(protocols) == 1 for protocols in by_file.values()), by_file
     assert len({p for ps in by_file.values() for p in ps}) == len(by_file), "two files share a protocol"

@@ -102,3 +102,34 @@ def test_one_backbone_shares_columns_across_tasks(tmp_path):
     frame = measurements(read_records(folder))
     frame["protocol"] = "p"
     assert list(measured_table(frame).columns) == ["top-1 (ft)", "mIoU"]
+
+
+def test_published_numbers_carry_their_recipe_and_scratch_is_the_table_11_one():
+    tables = published_tables(PUBLISHED)
+    assert all((t["recipe"] != "–").all() and t["recipe"].str.len().gt(0).all() for t in tables.values())
+    ft = tables["IN-1K fine-tune 224px (MAE 1600-ep pretraining)"]
+    assert ft.loc["scratch", "top-1 (ft) [ViT-B/16]"] == "82.3"
+    scratch = ft.loc["scratch", "recipe"]
+    assert "from scratch" in scratch and "Table 11" in scratch and "EMA 0.9999" in scratch
+    assert "Table 11" not in ft.loc["mae", "recipe"] and "EMA" not in ft.loc["mae", "recipe"]
+
+
+def test_rows_trained_with_different_recipes_print_their_recipe(tmp_path):
+    folder = tmp_path / "runs"
+    mae_ft = {"epochs": 100, "blr": 5e-4, "weight_decay": 0.05, "layer_decay": 0.65, "beta2": 0.999,
+              "model_ema": False}
+    scratch = {"epochs": 300, "blr": 1e-4, "weight_decay": 0.3, "layer_decay": 1.0, "beta2": 0.95,
+               "model_ema": True, "model_ema_decay": 0.9999}
+    for init, config, top1 in (("mae", mae_ft, 83.0), ("supervised", mae_ft, 81.0), ("scratch", scratch, 82.0)):
+        append_record(make_record(task="finetune", dataset="imagenet", init=init, arch=ARCH, metrics={"top1": top1},
+                                  config=config, seed=0, git_commit="", versions={}, protocol="p"), folder)
+    append_record(make_record(task="linprobe", dataset="imagenet", init="mae", arch=ARCH, metrics={"top1": 60.0},
+                              config={"epochs": 90, "blr": 0.1}, seed=0, git_commit="", versions={}, protocol="p"),
+                  folder)
+    table = measured_table(measurements(read_records(folder)))
+    assert table.loc["scratch", "recipe (ft)"] == \
+        "300 ep, blr 0.0001, wd 0.3, layer decay 1, β2 0.95, EMA 0.9999 (its top-1)"
+    assert table.loc["mae", "recipe (ft)"] == table.loc["supervised", "recipe (ft)"] == \
+        "100 ep, blr 0.0005, wd 0.05, layer decay 0.65, β2 0.999"
+    assert "recipe (lin)" not in table.columns  # one recipe for every row: nothing to tell apart
+    assert list(table.columns)[-1] == "recipe (ft)"

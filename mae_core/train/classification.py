@@ -2,7 +2,9 @@
 
 A protocol (finetune.py, linprobe.py) decides the model, optimizer, loss, Mixup and train
 transform: a `Recipe`. This module runs it: per-iteration warm-up + cosine lr (scaled per group
-by `lr_scale`), AMP, gradient accumulation, DDP, an evaluation after every epoch, and the same
+by `lr_scale`), AMP, gradient accumulation, DDP, an EMA of the weights if the recipe keeps one
+(`ema.py`: its numbers are then the headline and its weights the final file), an evaluation after
+every epoch, and the same
 run folder as pretraining: `checkpoint-last.pth` (atomic, resumable bitwise: data augmentation,
 Mixup and drop path are seeded per sample / per step), final weights in our format, `log.jsonl`
 and `config.json`. Started again on the same folder, a run resumes where it stopped.
@@ -29,6 +31,7 @@ from ..data import ImageFolderDataset, build_eval_transform
 from ..errors import ClassCountMismatchError, DatasetLayoutError
 from ..provenance import git_commit, now_iso, versions
 from .distributed import DistInfo, barrier, cleanup, init_distributed, train_loader
+from .ema import summarise, update_count
 from .evaluate import arch_name, eval_loader, evaluate
 from .metrics import MetricsLog
 from .optim import lr_at, scaled_lr, set_lr
@@ -51,6 +54,7 @@ class Recipe:
     mixup: Callable | None = None  # (images, labels) -> (mixed images, soft targets)
     clip_grad: float | None = None
     init_report: dict = field(default_factory=dict)  # missing / unexpected keys of the --init load
+    model_ema: nn.Module | None = None  # timm's ModelEmaV3 of `model`, updated after each optimiser step
 
 
 @dataclass
@@ -59,10 +63,11 @@ class ClassifierRun:
 
     checkpoint: Path
     arch: str
-    metrics: dict  # top1, top5, loss of the last epoch; best_top1, best_epoch; train_loss
+    metrics: dict  # top1, top5, loss of the last epoch (the EMA's if any: then also *_ema, *_raw); best_top1, ...
     run: dict  # provenance: run_id, git_commit, started_at, config, versions, device, init_sha256, ...
     is_main: bool
     duration_s: float  # training time over all resumed parts of the run
+    weights: str = "model"  # what the headline metrics and the final file are: 'model', or 'ema' (its EMA)
 
 
 MakeRecipe = Callable[[int, DistInfo, float], Recipe]  # (num_classes, dist info, peak lr) -> Recipe
@@ -103,7 +108,9 @@ def train_one_epoch(model, recipe: Recipe, loader, scaler, epoch: int, cfg, info
         with autocast(info.device, precision):
             loss = recipe.criterion(model(imgs), target)
         loss_value = global_loss(loss, info, epoch, step, last_good, hint="--clip-grad, ")
-        backward_and_update(model, loss, optimizer, scaler, step, cfg.accum_iter, info, recipe.clip_grad)
+        stepped = backward_and_update(model, loss, optimizer, scaler, step, cfg.accum_iter, info, recipe.clip_grad)
+        if stepped and recipe.model_ema is not None:  # as timm's train.py: after the step, counted from 1
+            recipe.model_ema.update(recipe.model, step=update_count(epoch, step, steps, cfg.accum_iter))
         losses.append(loss_value)
         seen += imgs.shape[0] * info.world_size
         lr = max(g["lr"] for g in optimizer.param_groups)  # the head's (unscaled) lr, as the official log
@@ -160,7 +167,7 @@ def _train(cfg, task: str, train_transform, make_recipe: MakeRecipe, info: DistI
     resume_path = find_resume(cfg.resume, out)
     if resume_path is not None:
         start_epoch, saved = restore_training_state(resume_path, recipe.model, recipe.optimizer, scaler,
-                                                    recipe.model_kwargs, what=task)
+                                                    recipe.model_kwargs, what=task, ema=recipe.model_ema)
         meta = saved["meta"]
         run = {**meta.get("run", {}), "config": cfg.to_dict(), "resumed_at": now_iso(),
                "resumed_from_epoch": start_epoch}
@@ -178,6 +185,16 @@ def _train(cfg, task: str, train_transform, make_recipe: MakeRecipe, info: DistI
               f"{precision}, effective batch {effective_batch}, lr {peak_lr:.3g}, "
               f"epochs {start_epoch + 1}..{cfg.epochs}")
 
+    ema = recipe.model_ema
+    # Which weights the headline numbers and the final file are: the EMA's when the run keeps one.
+    weights = {"weights": "ema" if ema is not None else "model"}
+    if ema is not None:
+        weights["model_ema"] = {"decay": ema.decay, "warmup": ema.use_warmup}
+
+    def measure() -> dict:
+        raw = evaluate(recipe.model, val_loader, info.device, precision, info)
+        return summarise(raw, evaluate(ema.module, val_loader, info.device, precision, info) if ema else None)
+
     def meta_at(epoch: int, **extra) -> dict:
         return {"format": "mae-transfer/1", "task": task, "arch": arch_name(recipe.model_kwargs),
                 "model_kwargs": recipe.model_kwargs, "img_size": cfg.img_size, "classes": train_set.classes,
@@ -190,29 +207,31 @@ def _train(cfg, task: str, train_transform, make_recipe: MakeRecipe, info: DistI
         seeded.set_epoch(epoch)
         stats = train_one_epoch(model, recipe, loader, scaler, epoch, cfg, info, precision, peak_lr, log, last_good)
         sync_buffers(recipe.model, info)
-        test = evaluate(recipe.model, val_loader, info.device, precision, info)
+        test = measure()
         if test["top1"] > best["top1"]:
             best = {"top1": test["top1"], "epoch": epoch}
         if info.is_main:
-            log.write(epoch=epoch, train_loss=stats["loss"], test_top1=test["top1"], test_top5=test["top5"],
-                      test_loss=test["loss"], best_top1=best["top1"], img_per_s=stats["img_per_s"])
-            print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {stats['loss']:.4f}, val top-1 {test['top1']:.2f} "
+            log.write(epoch=epoch, train_loss=stats["loss"], **{f"test_{k}": v for k, v in test.items()},
+                      best_top1=best["top1"], img_per_s=stats["img_per_s"])
+            raw = f" (model without EMA: {test['top1_raw']:.2f})" if ema else ""
+            print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {stats['loss']:.4f}, val top-1 {test['top1']:.2f}{raw} "
                   f"top-5 {test['top5']:.2f} (best {best['top1']:.2f}), {stats['img_per_s']:.1f} img/s")
             if (epoch + 1) % cfg.save_every == 0 or epoch + 1 == cfg.epochs:
                 last_good = save_training_state(out / LAST, recipe.model, meta_at(epoch), recipe.optimizer,
-                                                scaler, epoch)
+                                                scaler, epoch, ema=ema)
         barrier(info)
 
     if not test:  # resumed a run that had already finished: measure its weights again
-        test = evaluate(recipe.model, val_loader, info.device, precision, info)
-    metrics = {"top1": test["top1"], "top5": test["top5"], "loss": test["loss"], "best_top1": best["top1"],
-               "best_epoch": best["epoch"] + 1, "train_loss": stats.get("loss"), "epochs": cfg.epochs}
+        test = measure()
+    metrics = {**test, "best_top1": best["top1"], "best_epoch": best["epoch"] + 1, "train_loss": stats.get("loss"),
+               "epochs": cfg.epochs}
     final = out / FINAL[task]
     duration = elapsed + time.perf_counter() - t_start
     if info.is_main:
-        save_mae_checkpoint(final, recipe.model, meta_at(cfg.epochs - 1, metrics=metrics,
-                                                         run={**run, "finished_at": now_iso()}))
-        print(f"{task} finished: val top-1 {metrics['top1']:.2f} (best {best['top1']:.2f}); weights: {final}")
+        save_mae_checkpoint(final, ema.module if ema else recipe.model,
+                            meta_at(cfg.epochs - 1, metrics=metrics, run={**run, "finished_at": now_iso()}, **weights))
+        print(f"{task} finished: val top-1 {metrics['top1']:.2f}{' (EMA)' if ema else ''} (best {best['top1']:.2f}); "
+              f"weights{' (the EMA)' if ema else ''}: {final}")
     barrier(info)
     return ClassifierRun(checkpoint=final, arch=arch_name(recipe.model_kwargs), metrics=metrics, run=run,
-                         is_main=info.is_main, duration_s=duration)
+                         is_main=info.is_main, duration_s=duration, weights=weights["weights"])

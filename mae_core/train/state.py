@@ -1,7 +1,8 @@
 """Resumable training state: save it atomically, find it, and restore it exactly.
 
 A `checkpoint-last.pth` is our checkpoint format (`{'model', 'meta'}`, official key names) plus
-what a bitwise-exact resume needs: optimizer, loss scaler, the finished epoch and the CPU RNG.
+what a bitwise-exact resume needs: optimizer, loss scaler, the finished epoch, the CPU RNG and,
+when the run keeps one, the EMA of the weights (`ema`, a state dict with the model's key names).
 Resuming refuses a checkpoint whose model configuration differs from the run's, because loading
 it would either fail deep inside torch or, worse, silently train another model.
 """
@@ -27,14 +28,16 @@ def find_resume(resume: str | None, output_dir: str | Path) -> Path | None:
     return last if last.exists() else None
 
 
-def save_training_state(path: str | Path, model, meta: dict, optimizer, scaler, epoch: int) -> Path:
+def save_training_state(path: str | Path, model, meta: dict, optimizer, scaler, epoch: int, ema=None) -> Path:
+    extra = {"ema": ema.module.state_dict()} if ema is not None else {}
     return save_mae_checkpoint(path, model, meta, optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
-                               epoch=epoch, rng={"torch": torch.get_rng_state()})
+                               epoch=epoch, rng={"torch": torch.get_rng_state()}, **extra)
 
 
 def restore_training_state(path: str | Path, model, optimizer, scaler, model_kwargs: dict,
-                           what: str = "pretraining") -> tuple[int, dict]:
-    """Load model, optimizer, scaler and RNG from `path`; returns (next epoch, the loaded checkpoint)."""
+                           what: str = "pretraining", ema=None) -> tuple[int, dict]:
+    """Load model, optimizer, scaler, RNG (and the EMA, if the run keeps one) from `path`; returns
+    (next epoch, the loaded checkpoint)."""
     state = load_file(path)
     if not RESUME_KEYS <= set(state):
         raise CheckpointFormatError(f"{path} is not a resumable {what} checkpoint (it lacks optimizer/epoch); "
@@ -45,7 +48,12 @@ def restore_training_state(path: str | Path, model, optimizer, scaler, model_kwa
                 if saved_kwargs.get(k) != model_kwargs.get(k)}
         raise CheckpointFormatError(f"cannot resume from {path}: it was trained with another model "
                                     f"configuration (checkpoint vs now: {diff}); use a new --output-dir")
+    if ema is not None and "ema" not in state:
+        raise CheckpointFormatError(f"cannot resume from {path} with --model-ema: that run kept no EMA of its "
+                                    "weights; resume it without --model-ema, or start over in a new --output-dir")
     model.load_state_dict(state["model"])
+    if ema is not None:
+        ema.module.load_state_dict(state["ema"])
     optimizer.load_state_dict(state["optimizer"])
     if "scaler" in state:
         scaler.load_state_dict(state["scaler"])

@@ -25,9 +25,10 @@ def global_loss(loss: torch.Tensor, info: DistInfo, epoch: int, step: int, last_
 
 
 def backward_and_update(model, loss: torch.Tensor, optimizer, scaler, step: int, accum_iter: int, info: DistInfo,
-                        clip_grad: float | None = None) -> None:
+                        clip_grad: float | None = None) -> bool:
     """Backward with gradient accumulation (no DDP all-reduce until the last micro-batch), then the
-    (grad-scaled, optionally clipped) optimiser step every `accum_iter` micro-batches, as the official code."""
+    (grad-scaled, optionally clipped) optimiser step every `accum_iter` micro-batches, as the official code.
+    Returns whether this micro-batch ended with an optimiser step (an EMA updates after it)."""
     update = (step + 1) % accum_iter == 0
     with model.no_sync() if (info.enabled and not update) else nullcontext():
         scaler.scale(loss / accum_iter).backward()
@@ -38,3 +39,4 @@ def backward_and_update(model, loss: torch.Tensor, optimizer, scaler, step: int,
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
+    return update
