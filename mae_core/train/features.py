@@ -4,7 +4,8 @@ Two features: `cls`, the cls token through the final `norm` (the official MAE pr
 mean of the patch tokens through `fc_norm` (how the official fine-tune, a global-pool classifier, is
 trained). `auto` probes each checkpoint on the feature it was trained to give: a classifier file with
 `fc_norm` (a global-pool fine-tune, e.g. the supervised baseline) gets `avg`; anything else (an MAE
-file, a cls-token classifier, scratch) gets `cls`, as the official probe and its published numbers.
+file, a cls-token classifier, scratch) gets `cls`, as the official probe and its published numbers
+(at demo scale an MAE's cls token carried little, so pipelines/synthetic.yaml asks for `avg`).
 An MAE file has no `fc_norm`: `avg` on it runs the mean through the file's own final `norm` (said in
 the load report). A feature whose norm the file lacks is refused, never left at a fresh init.
 """
