@@ -1,4 +1,5 @@
-"""`maet finetune`, `maet linprobe`, `maet eval`: the classification commands; each writes a run record.
+"""`maet finetune`, `maet linprobe`, `maet eval`: the classification commands; each writes a run record
+(`maet linprobe --probe cached` two: the linear probe's and, as task `knn`, the k-NN one on the same features).
 
 A training record says which weights its headline metrics (`top1`, `top5`, `loss`) measure:
 `headline_weights` is 'ema' for a fine-tune with `--model-ema` (the EMA's numbers, as the paper reports
@@ -65,15 +66,22 @@ def _train_handler(task: str):
         result = engine(cfg)
         if not (args.record and result.is_main):
             return None
-        run = result.run
-        return _write(args, make_record(
-            task=task, dataset=_dataset_name(args, cfg.data_path), init=_init_name(args, cfg.init), arch=result.arch,
-            metrics={k: v for k, v in result.metrics.items() if v is not None}, config=cfg.to_dict(),
-            checkpoint_sha256=run.get("init_sha256"), seed=cfg.seed, device=run.get("device"),
-            started_at=run.get("started_at"), duration_s=round(result.duration_s, 3), run_id=run.get("run_id"),
-            git_commit=run.get("git_commit"), versions=run.get("versions"), world_size=run.get("world_size"),
-            precision=run.get("precision"), headline_weights=result.weights,
-            output={"checkpoint": str(result.checkpoint), "sha256": sha256_file(result.checkpoint)}))
+        run, config = result.run, cfg.to_dict()
+        feature = (run.get("init_report") or {}).get("feature")
+        if feature:  # the feature the probe read (what `--feature auto` resolved to) and its norm
+            config.update(feature=feature["kind"], feature_option=cfg.feature, feature_norm=feature["norm"])
+        common = dict(dataset=_dataset_name(args, cfg.data_path), init=_init_name(args, cfg.init), arch=result.arch,
+                      config=config, checkpoint_sha256=run.get("init_sha256"), seed=cfg.seed,
+                      device=run.get("device"), started_at=run.get("started_at"),
+                      duration_s=round(result.duration_s, 3), git_commit=run.get("git_commit"),
+                      versions=run.get("versions"), world_size=run.get("world_size"), precision=run.get("precision"))
+        metrics = {k: v for k, v in result.metrics.items() if v is not None}
+        record = _write(args, make_record(task=task, metrics=metrics, run_id=run.get("run_id"), **common,
+                                          headline_weights=getattr(result, "weights", None), output={
+            "checkpoint": str(result.checkpoint), "sha256": sha256_file(result.checkpoint)}))
+        if getattr(result, "knn", None):  # the cached probe: k-NN on the same features, a record of its own
+            _write(args, make_record(task="knn", metrics=result.knn, linprobe_run_id=run.get("run_id"), **common))
+        return record
     return handler
 
 
@@ -116,7 +124,8 @@ def add_classification_commands(subparsers) -> None:
     _record_args(p)
     p.set_defaults(func=_train_handler("finetune"))
 
-    p = subparsers.add_parser("linprobe", help="linear probe on a frozen encoder (official MAE recipe)")
+    p = subparsers.add_parser("linprobe", help="linear probe on a frozen encoder: the official MAE recipe, or "
+                                               "--probe cached (features computed once, + weighted k-NN)")
     add_dataclass_args(p, LinprobeConfig)
     _record_args(p)
     p.set_defaults(func=_train_handler("linprobe"))

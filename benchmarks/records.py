@@ -4,7 +4,8 @@ Tables are computed from records, never typed by hand, so a record carries what 
 (`task`, `dataset`, `init`, `arch`), the numbers (`metrics`, with the evaluator's own sub-metrics)
 and what it takes to trust them: `config`, `git_commit`, `versions`, `device`, `seed`, times, and
 `checkpoint_sha256`, the sha256 of the checkpoint whose quality is measured (the `--init` of a
-fine-tune or linear probe, the evaluated file for `maet eval`; None for scratch). Extra fields
+fine-tune or linear probe, the evaluated file for `maet eval`; None for scratch). Task `knn` is the
+weighted k-NN that `maet linprobe --probe cached` runs on its features (`linprobe_run_id` links them). Extra fields
 (e.g. `output` with the produced checkpoint and its sha256) may follow.
 
 The folder is `--results-dir`, else `$MAET_RESULTS_DIR`, else `results/runs` under the working
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from mae_core import provenance
 
-TASKS = ("pretrain", "finetune", "linprobe", "detection", "segmentation")
+TASKS = ("pretrain", "finetune", "linprobe", "knn", "detection", "segmentation")
 FIELDS = ("run_id", "task", "dataset", "init", "arch", "metrics", "config", "git_commit", "checkpoint_sha256",
           "seed", "device", "versions", "started_at", "duration_s")
 ENV_DIR = "MAET_RESULTS_DIR"

@@ -3,7 +3,7 @@
 A table holds the numbers of one protocol only. For our runs the protocol is the record's
 `protocol` field (the pipeline names its suite, e.g. `synthetic`), else `<task> on <dataset>`:
 runs on other data or with another recipe never share a table. Rows are inits, columns the
-headline metrics (top-1 ft, top-1 lin, APbox, APmask, mIoU) per architecture; several seeds of one
+headline metrics (top-1 ft, top-1 lin, top-1 kNN, APbox, APmask, mIoU) per architecture; several seeds of one
 cell are shown as mean ± std (n), and of several records of one seed only the latest counts. Each
 metric gets a `Δ sup` column where a supervised row exists.
 Published numbers come from `results/published/*.csv`, one table per file, each row with its recipe
@@ -24,7 +24,7 @@ import pandas as pd
 from .records import read_records
 
 # (task, metric key in the record) -> column title
-HEADLINE = {("finetune", "top1"): "top-1 (ft)", ("linprobe", "top1"): "top-1 (lin)",
+HEADLINE = {("finetune", "top1"): "top-1 (ft)", ("linprobe", "top1"): "top-1 (lin)", ("knn", "top1"): "top-1 (kNN)",
             ("detection", "bbox_AP"): "APbox", ("detection", "segm_AP"): "APmask",
             ("segmentation", "mIoU"): "mIoU"}
 COLUMN_TASK = {title: task for (task, _), title in HEADLINE.items()}

@@ -43,3 +43,7 @@ class OptionError(MAETransferError):
 
 class LossTargetError(MAETransferError):
     """A decoder whose reconstruction target (raw or normalised pixels) is unknown, or stated against the file."""
+
+
+class FeatureMismatchError(MAETransferError):
+    """A probe feature (cls token or mean of patch tokens) whose final norm the checkpoint does not hold."""

@@ -90,8 +90,10 @@ def _known_heads(info: CheckpointInfo) -> int | None:
     return None if info.arch.get("heads_guessed") else info.arch.get("num_heads")
 
 
-def load_init_checkpoint(model: VisionTransformer, path: str | Path) -> dict:
+def load_init_checkpoint(model: VisionTransformer, path: str | Path | CheckpointInfo) -> dict:
     """`--init PATH`: load the encoder of any checkpoint the loader reads into a classifier, for a new task.
+
+    `path` may be a `CheckpointInfo` already read (e.g. with its keys renamed by the linear probe).
 
     The file's head (if any) is dropped: the recipes initialise a new one. A tensor of another
     shape, other attention heads, or an encoder tensor missing or left over (another depth) raises
@@ -100,7 +102,8 @@ def load_init_checkpoint(model: VisionTransformer, path: str | Path) -> dict:
     `fc_norm.*`, the expected unexpected ones `norm.*` and, from a full MAE file, `mask_token` and
     `decoder_*`.
     """
-    info = sniff(path)
+    info = path if isinstance(path, CheckpointInfo) else sniff(path)
+    path = info.source if isinstance(path, CheckpointInfo) else path
     heads, own_heads = _known_heads(info), model.blocks[0].attn.num_heads
     if heads is not None and heads != own_heads:
         raise ArchitectureMismatchError(f"{path} was trained with {heads} attention heads, the model has "

@@ -236,6 +236,8 @@ def test_every_planned_command_parses(name, tmp_path, monkeypatch):
     for stage in stages.values():
         args = build_parser().parse_args(resolve(stage, stages))  # argparse exits on an unknown flag
         assert args.func is not None, stage.name
+        if stage.task == "linprobe":  # the demo probes cached features (+ k-NN); the published protocols, LARS
+            assert args.probe == ("cached" if name == "synthetic" else "official"), stage.name
 
 
 def parsed(stage, stages, monkeypatch):

@@ -49,6 +49,18 @@ def test_seeds_become_mean_and_std_and_delta_to_supervised(runs):
     assert "top-1 (lin)" not in table.columns  # no linear-probe record: no empty column
 
 
+def test_knn_gets_its_own_column_after_the_linear_probe(tmp_path):
+    folder = tmp_path / "runs"
+    for init, lin, knn in [("scratch", 21.5, 20.0), ("supervised", 25.0, 24.0), ("mae", 33.0, 30.0)]:
+        append_record(record("linprobe", init, {"top1": lin}), folder)
+        append_record(record("knn", init, {"top1": knn, "top5": 90.0}), folder)
+    append_record(record("detection", "mae", {"bbox_AP": 30.0, "segm_AP": 25.0}), folder)
+    table = measured_table(measurements(read_records(folder)))
+    assert [c for c in table.columns if "Δ" not in c] == ["top-1 (lin)", "top-1 (kNN)", "APbox", "APmask"]
+    assert table.loc["mae", "top-1 (kNN)"] == "30.00" and table.loc["scratch", "top-1 (kNN)"] == "20.00"
+    assert table.loc["mae", "top-1 (kNN) Δ sup"] == "+6.00" and table.loc["mae", "top-1 (lin)"] == "33.00"
+
+
 def test_protocols_never_share_a_table(runs, tmp_path):
     out = tmp_path / "tables"
     report = write_tables(runs, published=PUBLISHED, out=out, plots=True)

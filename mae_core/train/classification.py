@@ -130,7 +130,7 @@ def train_classifier(cfg, task: str, train_transform, make_recipe: MakeRecipe) -
         cleanup(info)
 
 
-def _datasets(cfg, train_transform, img_size: int) -> tuple[ImageFolderDataset, ImageFolderDataset, int]:
+def classification_datasets(cfg, train_transform, img_size: int) -> tuple[ImageFolderDataset, ImageFolderDataset, int]:
     train = ImageFolderDataset(cfg.data_path, "train", train_transform, skip_corrupt=cfg.skip_corrupt)
     val = ImageFolderDataset(cfg.data_path, "val", build_eval_transform(img_size), skip_corrupt=cfg.skip_corrupt)
     if train.classes != val.classes:
@@ -147,7 +147,7 @@ def _datasets(cfg, train_transform, img_size: int) -> tuple[ImageFolderDataset, 
 def _train(cfg, task: str, train_transform, make_recipe: MakeRecipe, info: DistInfo) -> ClassifierRun:
     t_start, out = time.perf_counter(), Path(cfg.output_dir)
     precision = resolve_precision(cfg.precision, info.device)
-    train_set, val_set, num_classes = _datasets(cfg, train_transform, cfg.img_size)
+    train_set, val_set, num_classes = classification_datasets(cfg, train_transform, cfg.img_size)
     seeded = SeededSampleDataset(train_set, cfg.seed)
     sampler, loader = train_loader(seeded, cfg.batch_size, cfg.num_workers, cfg.seed, info)
     val_loader = eval_loader(val_set, cfg.batch_size, cfg.num_workers, info)

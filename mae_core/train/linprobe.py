@@ -1,12 +1,16 @@
 """Linear probing as the official `main_linprobe.py`: what a frozen MAE encoder knows, linearly.
 
-The encoder is frozen; the feature is the cls token after the final norm (`global_pool=False`);
+The encoder is frozen; the feature is the cls token after the final norm (`--feature cls`);
 the head is `BatchNorm1d(affine=False, eps=1e-6)` then a linear layer (trunc-normal std 0.01): the
 BN normalises features whose scale differs from encoder to encoder, and still folds into one linear
 map at inference (MoCo v3, paper appendix A.2). The official optimiser and schedule: LARS
 (`lars.py`) at blr 0.1 x effective batch / 256, no weight decay, 10 warm-up epochs then cosine, 90
 epochs, batch 512 per process (the paper's 16384 in total); weak augmentation: the official
 TF-style RandomResizedCrop (bicubic) + flip.
+
+`--probe cached` (cached_probe.py) is the other probe: the same head on features computed once,
+fitted to convergence, with weighted k-NN beside it; `--feature` picks the feature for both
+(features.py: `auto` reads each checkpoint on the feature it was trained to give).
 """
 
 from __future__ import annotations
@@ -21,11 +25,15 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as F
 
 from ..data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from ..models_vit import CLASSIFIER_PRESETS, build_classifier, classifier_kwargs, init_head, load_init_checkpoint
+from ..models_vit import CLASSIFIER_PRESETS, init_head
+from .cached_probe import cached_linprobe
 from .classification import ClassifierRun, Recipe, train_classifier
 from .distributed import DistInfo
+from .features import FEATURES, probe_classifier
 from .lars import LARS
 from .options import RunOptions, opt
+
+PROBES = ("official", "cached")
 
 
 @dataclass
@@ -39,17 +47,29 @@ class LinprobeConfig(RunOptions):
     model_kwargs: dict = opt(help="JSON overrides of the preset", factory=dict)
     img_size: int = opt(224, "input resolution (pixels, square)", min=1)
     num_classes: int | None = opt(None, "classes of the head (default: the class folders of train/)", min=1)
-    global_pool: bool = opt(False, "probe the mean of patch tokens + fc_norm; default: the cls token + norm, as "
-                                   "the official probe")
-    epochs: int = opt(90, "training epochs", min=1)
-    warmup_epochs: float = opt(10, "linear lr warm-up epochs (per iteration), then cosine", min=0)
-    batch_size: int = opt(512, "images per process per micro-batch", min=1)
-    accum_iter: int = opt(1, "micro-batches per optimiser step (effective batch = batch x accum x processes)",
-                          min=1)
-    blr: float = opt(0.1, "base lr of LARS: lr = blr x effective batch / 256", min=0)
-    lr: float | None = opt(None, "absolute peak lr (overrides --blr)", min=0)
-    min_lr: float = opt(0.0, "lr at the end of the cosine", min=0)
-    weight_decay: float = opt(0.0, "LARS weight decay", min=0)
+    probe: str = opt("official", "official: LARS over augmented images for --epochs (the published protocol); "
+                                 "cached: the frozen features computed once, the head fitted to convergence by "
+                                 "L-BFGS, and weighted k-NN on the same features (a second record, task knn)",
+                     choices=PROBES)
+    feature: str = opt("auto", "cls: cls token + norm (the official probe); avg: mean of patch tokens + fc_norm "
+                               "(the file's norm if it has no fc_norm); auto: avg for a file with fc_norm (a "
+                               "global-pool classifier), else cls", choices=FEATURES)
+    epochs: int = opt(90, "training epochs (official probe)", min=1)
+    warmup_epochs: float = opt(10, "linear lr warm-up epochs (per iteration), then cosine (official probe)", min=0)
+    batch_size: int = opt(512, "images per process per micro-batch (cached probe: per feature-extraction batch)", min=1)
+    accum_iter: int = opt(1, "micro-batches per optimiser step (effective batch = batch x accum x processes; "
+                             "official probe)", min=1)
+    blr: float = opt(0.1, "base lr of LARS: lr = blr x effective batch / 256 (official probe)", min=0)
+    lr: float | None = opt(None, "absolute peak lr (overrides --blr; official probe)", min=0)
+    min_lr: float = opt(0.0, "lr at the end of the cosine (official probe)", min=0)
+    weight_decay: float = opt(0.0, "LARS weight decay (official probe)", min=0)
+    cached_steps: int = opt(1000, "--probe cached: L-BFGS iterations at most (it stops once converged)", min=1)
+    cached_wd: float | None = opt(None, "--probe cached: L2 penalty on the linear weights (per mean cross-entropy); "
+                                        "default: the best of 1e-5, 1e-4, ..., 1 by 5-fold cross-validation on train",
+                                  min=0)
+    knn_k: int = opt(20, "--probe cached: neighbours of the weighted k-NN (DINO: 20)", min=1)
+    knn_temperature: float = opt(0.07, "--probe cached: temperature T of the k-NN vote weights exp(cos / T) "
+                                       "(DINO: 0.07)", min=1e-4)
 
 
 class RandomResizedCropTF(transforms.RandomResizedCrop):
@@ -87,14 +107,8 @@ def freeze_all_but_head(model: nn.Module) -> None:
 
 def make_recipe(cfg: LinprobeConfig):
     def recipe(num_classes: int, info: DistInfo, lr: float) -> Recipe:
-        kwargs = classifier_kwargs(cfg.model, img_size=cfg.img_size, num_classes=num_classes,
-                                   global_pool=cfg.global_pool, drop_path_rate=0.0, linear_probe=True,
-                                   **cfg.model_kwargs)
-        torch.manual_seed(cfg.seed)
-        model = build_classifier(**kwargs)
-        report = {}
-        if cfg.init != "scratch":
-            report = load_init_checkpoint(model, cfg.init)
+        model, kwargs, report = probe_classifier(cfg.model, cfg.model_kwargs, cfg.img_size, num_classes, cfg.init,
+                                                 cfg.feature, cfg.seed)
         init_head(model, std=0.01)  # MoCo v3's linear-classifier init
         freeze_all_but_head(model)
         model.to(info.device)
@@ -105,5 +119,8 @@ def make_recipe(cfg: LinprobeConfig):
 
 
 def linprobe(cfg: LinprobeConfig) -> ClassifierRun:
-    """Train (or resume) a linear probe on a frozen encoder; returns the final checkpoint and its metrics."""
+    """Train (or resume) a linear probe on a frozen encoder; returns the final checkpoint and its metrics
+    (`--probe cached`: a `CachedProbeRun`, with the k-NN metrics too)."""
+    if cfg.probe == "cached":
+        return cached_linprobe(cfg)
     return train_classifier(cfg, "linprobe", build_train_transform(cfg.img_size), make_recipe(cfg))
