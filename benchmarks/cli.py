@@ -23,7 +23,7 @@ def _cmd_make_data(args) -> None:
 
     summary = write_synthetic(args.out, seed=args.seed, num_train=args.num_train, num_val=args.num_val,
                               img_size=args.img_size, max_instances=args.max_instances, textures=args.textures,
-                              background=args.background, coco_style=args.coco_style)
+                              background=args.background, coco_style=args.coco_style, shapes=args.shapes)
     print(json.dumps(summary, indent=2, default=str))
 
 
@@ -156,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'class': each shape wears its class's pattern; 'random': only geometry tells classes apart")
     p.add_argument("--background", choices=["textured", "plain"], default="textured",
                    help="'textured': a random pattern behind the shapes; 'plain': one colour")
+    p.add_argument("--shapes", choices=["base", "other"], default="base",
+                   help="shape vocabulary: 'base' (circle, square, triangle, cross, ring, star) or 'other' (pentagon, "
+                        "hexagon, crescent, arrow, diamond, half-disc: a labelled set whose classes differ)")
     p.add_argument("--coco-style", choices=["exact", "real"], default="exact",
                    help="COCO layout: 'exact' (every mask as compressed RLE, square images, ids 1..K) or 'real' "
                         "(real COCO's quirks: polygons, multi-part objects, crowd RLE, id gaps, empty and "

@@ -234,4 +234,24 @@ def test_main_radius_sets_the_dominant_size_and_options_are_checked(tmp_path):
     summary = write_synthetic(tmp_path / "y", num_train=6, num_val=6, img_size=32, layouts=("imagenet",),
                               textures="class", background="plain")
     assert summary["scenes"] == {"max_instances": 4, "textures": "class", "background": "plain",
-                                 "main_radius": (0.18, 0.32)}
+                                 "main_radius": (0.18, 0.32), "shapes": "base"}
+
+
+def test_other_shapes_are_a_second_vocabulary_with_its_own_folders(tmp_path):
+    """The demo's labelled pretraining set: six classes none of the downstream sets has; the scenes are drawn
+    with the same random numbers, so only the shapes (and the folder names) differ from the base set."""
+    from mae_core.data import OTHER_SHAPE_CLASSES
+
+    assert len(OTHER_SHAPE_CLASSES) == len(SHAPE_CLASSES) and not set(OTHER_SHAPE_CLASSES) & set(SHAPE_CLASSES)
+    s = write_synthetic(tmp_path / "o", seed=0, num_train=12, num_val=6, img_size=48, layouts=("imagenet",),
+                        shapes="other")
+    assert s["imagenet"]["classes"] == sorted(OTHER_SHAPE_CLASSES) and s["scenes"]["shapes"] == "other"
+    assert sorted(p.name for p in (tmp_path / "o" / "imagenet" / "train").iterdir()) == sorted(OTHER_SHAPE_CLASSES)
+    base = list(iter_scenes(0, "train", 6, 48))
+    other = list(iter_scenes(0, "train", 6, 48, shapes="other"))
+    assert [b.label for b in base] == [o.label for o in other]
+    for b, o in zip(base, other):  # another outline for the same scene: the masks differ
+        assert (b.instance_map >= 0).sum() != (o.instance_map >= 0).sum() or \
+            ((b.instance_map >= 0) != (o.instance_map >= 0)).any()
+    with pytest.raises(ValueError, match="shapes must be one of"):
+        write_synthetic(tmp_path / "x", shapes="animals")

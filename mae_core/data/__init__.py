@@ -3,7 +3,9 @@
 from .imagenet import IMG_EXTENSIONS, ImageFolderDataset, pil_rgb_loader
 from .synthetic import (
     LAYOUTS,
+    OTHER_SHAPE_CLASSES,
     SHAPE_CLASSES,
+    SHAPE_SETS,
     Scene,
     ade20k_class_names,
     generate_scene,
@@ -23,7 +25,9 @@ __all__ = [
     "IMAGENET_DEFAULT_STD",
     "IMG_EXTENSIONS",
     "LAYOUTS",
+    "OTHER_SHAPE_CLASSES",
     "SHAPE_CLASSES",
+    "SHAPE_SETS",
     "ImageFolderDataset",
     "Scene",
     "ade20k_class_names",

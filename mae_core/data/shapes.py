@@ -41,7 +41,27 @@ def shape_mask(kind: str, u: np.ndarray, v: np.ndarray, r: float) -> np.ndarray:
         ex, ey = ox - ix, oy
         side = ex * (d * np.sin(a)) - ey * (d * np.cos(a) - ix)  # cross(O - I, P - I)
         return side >= 0  # the origin's side: cross(O - I, -I) = ey * ix > 0
+    if kind in _POLYGON_SIDES:  # regular polygon of circumradius r: n half-planes at the apothem
+        n = _POLYGON_SIDES[kind]
+        m = np.ones(u.shape, bool)
+        for k in range(n):
+            a = math.pi / 2 + 2 * math.pi * k / n
+            m &= u * math.cos(a) + v * math.sin(a) <= r * math.cos(math.pi / n)
+        return m
+    if kind == "crescent":  # a disc less a smaller disc shifted sideways
+        return (u * u + v * v <= r * r) & ((u - 0.45 * r) ** 2 + v * v > (0.8 * r) ** 2)
+    if kind == "arrow":  # a shaft and a triangular head pointing along +u
+        shaft = (u >= -r) & (u <= 0.1 * r) & (np.abs(v) <= 0.22 * r)
+        head = (u >= 0.1 * r) & (u <= r) & (np.abs(v) <= 0.75 * (r - u))
+        return shaft | head
+    if kind == "diamond":  # an elongated rhombus
+        return np.abs(u) / r + np.abs(v) / (0.55 * r) <= 1
+    if kind == "half-disc":
+        return (u * u + v * v <= r * r) & (v >= -0.1 * r)
     raise ValueError(f"unknown shape {kind!r}")
+
+
+_POLYGON_SIDES = {"pentagon": 5, "hexagon": 6}
 
 
 def place(kind: str, cx: float, cy: float, r: float, theta: float, size: int) -> np.ndarray:

@@ -7,7 +7,9 @@ colours and textures are drawn independently of the class, so only the geometry 
 model that learns shapes beats chance, one that does not stays at chance. `textures="class"` gives each
 class its own surface pattern (as real categories have a typical look; colours stay random), and
 `background="plain"` drops the background's texture: the demo pipeline's scenes, where a CPU-sized
-ViT can learn in minutes what a 2-core budget allows (see pipelines/synthetic.yaml).
+ViT can learn in minutes what a 2-core budget allows (see pipelines/synthetic.yaml). `shapes="other"`
+draws from a second vocabulary of six other shapes (pentagon, hexagon, crescent, arrow, diamond,
+half-disc): the demo's labelled pretraining set, so its supervised baseline transfers to new classes.
 
 The same scenes back all three layouts, so their labels agree exactly:
 - ImageNet `imagenet/{train,val}/<shape>/<split>_%08d.JPEG`: the class is the image's dominant shape
@@ -47,6 +49,8 @@ from .shapes import pattern, place, render_background
 
 __all__ = [
     "SHAPE_CLASSES",
+    "OTHER_SHAPE_CLASSES",
+    "SHAPE_SETS",
     "LAYOUTS",
     "Scene",
     "generate_scene",
@@ -56,6 +60,10 @@ __all__ = [
 ]
 
 SHAPE_CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "cross", "ring", "star")
+# A second vocabulary of as many shapes, none of them in SHAPE_CLASSES: labelled pretraining on these and
+# downstream tasks on SHAPE_CLASSES is a transfer to new categories, as ImageNet classes -> COCO objects.
+OTHER_SHAPE_CLASSES: tuple[str, ...] = ("pentagon", "hexagon", "crescent", "arrow", "diamond", "half-disc")
+SHAPE_SETS = {"base": SHAPE_CLASSES, "other": OTHER_SHAPE_CLASSES}
 LAYOUTS: tuple[str, ...] = ("imagenet", "coco", "ade20k")
 _SPLITS = {"train": 0, "val": 1}
 _COCO_SPLIT = {"train": "train2017", "val": "val2017"}
@@ -105,9 +113,9 @@ class Scene:
         return lab
 
 
-def ade20k_class_names(num_classes: int = len(SHAPE_CLASSES)) -> list[str]:
+def ade20k_class_names(num_classes: int = len(SHAPE_CLASSES), shapes: str = "base") -> list[str]:
     """Names of ADE labels 1..K+1 (0 is 'other'/ignore): mmseg's classes after reduce_zero_label."""
-    return ["background", *SHAPE_CLASSES[:num_classes]]
+    return ["background", *SHAPE_SETS[shapes][:num_classes]]
 
 
 def _paint(masks: Sequence[np.ndarray], size: int) -> np.ndarray:
@@ -128,6 +136,7 @@ def generate_scene(
     textures: str = "random",
     background: str = "textured",
     main_radius: tuple[float, float] = _MAIN_RADIUS,
+    shapes: str = "base",
 ) -> Scene:
     """Render one scene whose dominant shape is of class `label`.
 
@@ -137,13 +146,14 @@ def generate_scene(
 
     `textures`: "random" (every surface draws flat, stripes, checker or noise) or "class" (each shape
     wears its class's pattern, see `_CLASS_TEXTURE`); `background`: "textured" or "plain" (gradient and
-    pixel noise only); `main_radius`: the dominant shape's outer radius range, as a fraction of the side.
+    pixel noise only); `main_radius`: the dominant shape's outer radius range, as a fraction of the side;
+    `shapes`: the vocabulary, "base" (`SHAPE_CLASSES`) or "other" (`OTHER_SHAPE_CLASSES`).
     """
-    _check_scene_options(textures, background, main_radius)
+    _check_scene_options(textures, background, main_radius, shapes)
     size = img_size
     if min_area is None:
         min_area = max(16, size * size // 256)
-    kinds = SHAPE_CLASSES[:num_classes]
+    kinds = SHAPE_SETS[shapes][:num_classes]
     n_target = int(rng.integers(1, max_instances + 1))
     masks: list[np.ndarray] = []
     classes: list[int] = []
@@ -197,7 +207,9 @@ def generate_scene(
     return Scene(image=image, instance_map=inst, classes=classes, label=label)
 
 
-def _check_scene_options(textures: str, background: str, main_radius: Sequence[float]) -> None:
+def _check_scene_options(textures: str, background: str, main_radius: Sequence[float], shapes: str) -> None:
+    if shapes not in SHAPE_SETS:
+        raise ValueError(f"shapes must be one of {tuple(SHAPE_SETS)}, got {shapes!r}")
     if textures not in TEXTURES:
         raise ValueError(f"textures must be one of {TEXTURES}, got {textures!r}")
     if background not in BACKGROUNDS:
@@ -251,6 +263,7 @@ def write_synthetic(
     main_radius: Sequence[float] = _MAIN_RADIUS,
     ade_ignore_boundary: bool = False,
     coco_style: str = "exact",
+    shapes: str = "base",
     jpeg_quality: int = 95,
     overwrite: bool = False,
 ) -> dict:
@@ -273,14 +286,14 @@ def write_synthetic(
         raise ValueError(f"max_instances must be >= 1, got {max_instances}")
     if coco_style not in COCO_STYLES:
         raise ValueError(f"coco_style must be one of {COCO_STYLES}, got {coco_style!r}")
-    _check_scene_options(textures, background, main_radius)
-    scene_options = dict(textures=textures, background=background, main_radius=tuple(main_radius))
+    _check_scene_options(textures, background, main_radius, shapes)
+    scene_options = dict(textures=textures, background=background, main_radius=tuple(main_radius), shapes=shapes)
     unknown = set(layouts) - set(LAYOUTS)
     if unknown or not layouts:
         raise ValueError(f"layouts must be a non-empty subset of {LAYOUTS}, got {tuple(layouts)}")
 
     out = Path(out)
-    classes = list(SHAPE_CLASSES[:num_classes])
+    classes = list(SHAPE_SETS[shapes][:num_classes])
     roots = {
         "imagenet": out / "imagenet",
         "coco": out / "coco",
@@ -308,7 +321,7 @@ def write_synthetic(
     if "ade20k" in layouts:
         summary["ade20k"] = {
             "root": str(roots["ade20k"]),
-            "classes": ade20k_class_names(num_classes),
+            "classes": ade20k_class_names(num_classes, shapes),
             "ignore_label": 0,
             "ignore_boundary": ade_ignore_boundary,
         }
