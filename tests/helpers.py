@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import socket
 import sys
+from pathlib import Path
 
 
 def cli_args(cfg) -> list[str]:
@@ -35,3 +38,18 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def kill_process_tree(pid: int) -> None:
+    """SIGKILL a process and all its descendants, by pid (torchrun's workers run in sessions of their own,
+    so killing the launcher or its process group leaves them running). Linux: reads /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            children.setdefault(int(stat.read_text().rsplit(")", 1)[1].split()[1]), []).append(int(stat.parent.name))
+    tree = [pid]
+    for p in tree:  # grows while it is walked: breadth first
+        tree += children.get(p, [])
+    for p in tree:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p, signal.SIGKILL)

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,8 +15,10 @@ import torch
 from mae_core.checkpoints import load_file
 from mae_core.errors import NonFiniteLossError, OptionError
 from mae_core.mae import create_mae
+from mae_core.train.distributed import DistInfo
 from mae_core.train.optim import lr_at, param_groups_weight_decay, scaled_lr
 from mae_core.train.pretrain import FINAL, LAST, PretrainConfig, pretrain
+from mae_core.train.step import backward_and_update
 
 from .conftest import TINY_IMG, TINY_MODEL
 from .helpers import cli_args, free_port, maet, one_thread_env
@@ -53,6 +56,20 @@ def test_lr_schedule_warmup_then_half_cosine():
     assert lr_at(12, lr, min_lr, warm, total) == pytest.approx(min_lr + (lr - min_lr) * 0.5)  # half-way
     assert lr_at(20, lr, min_lr, warm, total) == pytest.approx(min_lr)
     assert scaled_lr(1.5e-4, 4096) == pytest.approx(2.4e-3)  # the paper's ViT pretraining lr
+
+
+
+def test_an_epochs_leftover_micro_batches_do_not_reach_the_next_epochs_first_update():
+    """accum 3 over 5 micro-batches: the last 2 are dropped (official engines), so epoch 2 starts from zero."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    xs = torch.randn(6, 3)
+    for step in range(5):  # epoch 1: an update after micro-batch 3; micro-batches 4 and 5 left over
+        backward_and_update(model, model(xs[step]).sum(), optimizer, scaler, step, 3, DistInfo())
+    backward_and_update(model, model(xs[5]).sum(), optimizer, scaler, 0, 3, DistInfo())  # epoch 2, step 0
+    assert torch.allclose(model.weight.grad, xs[5][None] / 3)  # this micro-batch's gradient alone
 
 
 # ---------------------------------------------------------------- a run
@@ -100,6 +117,24 @@ def test_resume_refuses_another_architecture(tiny_imagenet, tmp_path):
 
 
 # ---------------------------------------------------------------- resume after a real kill
+def kill_then_resume(cfg: PretrainConfig, kill_in_epoch: int):
+    """`maet pretrain`, SIGKILLed as soon as epoch `kill_in_epoch` (0-based) logs a step, i.e. after the previous
+    epoch's checkpoint was written; then the same command again, which resumes. Returns the log's path."""
+    out, args = Path(cfg.output_dir), maet("pretrain", *cli_args(cfg))
+    proc = subprocess.Popen(args, env=one_thread_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log, deadline = out / "log.jsonl", time.time() + 120
+    while time.time() < deadline:
+        if log.exists() and any(json.loads(x).get("epoch") == kill_in_epoch for x in log.read_text().splitlines()):
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (out / FINAL).exists()
+    assert load_file(out / LAST)["epoch"] == kill_in_epoch - 1
+    subprocess.run(args, check=True, env=one_thread_env(), capture_output=True)  # same command: auto-resume
+    return log
+
+
 @pytest.mark.slow
 def test_killed_run_resumes_bitwise_identical(tiny_imagenet, tmp_path):
     cfg = dict(epochs=4, blr=5e-3, num_workers=1)
@@ -108,26 +143,27 @@ def test_killed_run_resumes_bitwise_identical(tiny_imagenet, tmp_path):
                    env=one_thread_env(), capture_output=True)
 
     killed = tmp_path / "killed"
-    args = maet("pretrain", *cli_args(tiny_config(tiny_imagenet, killed, **cfg)))
-    proc = subprocess.Popen(args, env=one_thread_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    log = killed / "log.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline:  # kill inside epoch 3, after the epoch-2 checkpoint was written
-        if log.exists() and any(json.loads(line).get("epoch") == 2 for line in log.read_text().splitlines()):
-            break
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed"
-    assert not (killed / FINAL).exists()
-    assert load_file(killed / LAST)["epoch"] == 1
-
-    subprocess.run(args, check=True, env=one_thread_env(), capture_output=True)  # same command: auto-resume
+    log = kill_then_resume(tiny_config(tiny_imagenet, killed, **cfg), kill_in_epoch=2)
     a, b = weights(full / FINAL), weights(killed / FINAL)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
     assert load_file(killed / LAST)["optimizer"]["state"].keys() == load_file(full / LAST)["optimizer"]["state"].keys()
     epochs_logged = [json.loads(x)["epoch"] for x in log.read_text().splitlines() if "epoch_loss" in x]
     assert epochs_logged == [0, 1, 2, 3]  # the partial epoch's lines were dropped on resume
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_bitwise_identical_with_an_accumulation_that_does_not_divide_the_epoch(
+        tiny_imagenet, tmp_path):
+    """64 images at batch 4 = 16 micro-batches an epoch, accum 3: one left over each epoch (issue 13)."""
+    cfg = dict(epochs=3, batch_size=4, accum_iter=3, blr=5e-3)
+    full = tmp_path / "uninterrupted"
+    subprocess.run(maet("pretrain", *cli_args(tiny_config(tiny_imagenet, full, **cfg))), check=True,
+                   env=one_thread_env(), capture_output=True)
+    kill_then_resume(tiny_config(tiny_imagenet, tmp_path / "killed", **cfg), kill_in_epoch=1)
+    a, b = weights(full / FINAL), weights(tmp_path / "killed" / FINAL)
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"resumed weights differ from the uninterrupted run: {different[:5]}"
 
 
 # ---------------------------------------------------------------- DDP

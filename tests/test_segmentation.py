@@ -18,7 +18,7 @@ from mae_core.errors import ArchitectureMismatchError, CheckpointFormatError, Da
 from mae_core.mae import create_mae  # noqa: E402
 from mae_core.vit import resize_pos_embed  # noqa: E402
 from transfer.encoder_init import read_encoder  # noqa: E402
-from transfer.segmentation import engine  # noqa: E402
+from transfer.segmentation import engine, resume  # noqa: E402
 from transfer.segmentation.data import LabelRangeError, check_ade20k  # noqa: E402
 from transfer.segmentation.weights import check_arch, convert_for_backbone, resize_rel_pos_bias  # noqa: E402
 
@@ -323,6 +323,6 @@ def test_eval_reads_only_tensor_files_and_resume_only_its_own_work_dir(tmp_path)
         RUNNERS.get("SegRunner").resume(types.SimpleNamespace(work_dir=str(tmp_path / "run")),
                                         str(tmp_path / "pickled.pth"))
     assert "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD" not in os.environ
-    with engine.trusted_pickle_load():
+    with resume.trusted_pickle_load():
         assert os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] == "1"
     assert "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD" not in os.environ  # scoped to the one call

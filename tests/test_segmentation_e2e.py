@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -16,7 +17,7 @@ from mae_core.checkpoints import save_mae_checkpoint  # noqa: E402
 from mae_core.data import write_synthetic  # noqa: E402
 from mae_core.mae import create_mae  # noqa: E402
 
-from .helpers import free_port, maet, one_thread_env  # noqa: E402
+from .helpers import free_port, kill_process_tree, maet, one_thread_env  # noqa: E402
 
 SMALL = dict(img_size=32, patch_size=8, embed_dim=64, depth=4, num_heads=4, decoder_embed_dim=32, decoder_depth=1,
              decoder_num_heads=4)
@@ -78,30 +79,66 @@ def test_train_from_init_then_eval_writes_records(setup, tmp_path):
     assert f"mIoU {eval_rec['metrics']['mIoU']:.2f}" in out.stdout
 
 
-@pytest.mark.slow
-def test_killed_run_resumes_exactly(setup, tmp_path):
-    root, data, ckpt = setup
-    args = ["segment", "train", "--data-root", str(data), "--init", str(ckpt), "--max-iters", "12", "--no-record",
-            "--batch-size", "2", *SMALL_OPTS, "default_hooks.checkpoint.interval=2"]
-    run(*args, "--work-dir", str(tmp_path / "a"))
+def resume_args(data, ckpt) -> list[str]:
+    """8 iterations, evaluated and checkpointed every 4 (--val-interval sets both, as in real runs)."""
+    return ["segment", "train", "--data-root", str(data), "--init", str(ckpt), "--max-iters", "8", "--no-record",
+            "--batch-size", "2", "--val-interval", "4", *SMALL_OPTS]
 
-    work = tmp_path / "b"
-    proc = subprocess.Popen(maet(*args, "--work-dir", str(work)), env=one_thread_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+def kill_after_first_checkpoint(cmd: list[str], work) -> None:
+    """Run `cmd` (maet or torchrun) and SIGKILL it, workers included, once it has written its first checkpoint."""
+    proc = subprocess.Popen(cmd, env=one_thread_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while not (work / "last_checkpoint").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
-    proc.kill()
-    proc.wait()
-    assert not (work / "segmentor.pth").exists(), "the run finished before it could be killed"
-    killed_at = (work / "last_checkpoint").read_text().strip()
-    out = run(*args, "--work-dir", str(work), "--resume")
-    assert "resuming from" in out.stdout + out.stderr and killed_at.endswith(".pth")
+    kill_process_tree(proc.pid)
+    assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    time.sleep(1)  # nothing is left to write another checkpoint
+    assert (work / "last_checkpoint").read_text().strip().endswith("iter_4.pth")
+    assert not (work / "iter_8.pth").exists() and not (work / "segmentor.pth").exists()
 
-    a, b = state(tmp_path / "a" / "segmentor.pth"), state(work / "segmentor.pth")
+
+def assert_same_weights(a, b):
+    a, b = state(a / "segmentor.pth"), state(b / "segmentor.pth")
     assert a.keys() == b.keys()
     different = [k for k in a if not torch.equal(a[k], b[k])]
     assert not different, different[:5]
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_exactly(setup, tmp_path):
+    """Killed right after the checkpoint at iteration 4, where it also evaluated."""
+    root, data, ckpt = setup
+    args = resume_args(data, ckpt)
+    run(*args, "--work-dir", str(tmp_path / "a"))
+
+    work = tmp_path / "b"
+    kill_after_first_checkpoint(maet(*args, "--work-dir", str(work)), work)
+    out = run(*args, "--work-dir", str(work), "--resume")
+    assert "resuming from" in out.stdout + out.stderr
+    assert_same_weights(tmp_path / "a", work)
+
+
+@pytest.mark.slow
+def test_killed_two_process_run_resumes_exactly_on_every_rank(setup, tmp_path):
+    """2 gloo processes, each drawing its own drop path and augmentations: after a SIGKILL of the launcher and
+    both workers and a resume, the weights equal the uninterrupted run's, so both ranks continued exactly."""
+    root, data, ckpt = setup
+    args = resume_args(data, ckpt)
+
+    def torchrun(work, *extra):
+        return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+                "--master-port", str(free_port()), "-m", "benchmarks.cli", *args, "--work-dir", str(work), *extra]
+
+    full = subprocess.run(torchrun(tmp_path / "a"), capture_output=True, text=True, env=one_thread_env(), timeout=300)
+    assert full.returncode == 0, full.stderr[-4000:]
+    work = tmp_path / "b"
+    kill_after_first_checkpoint(torchrun(work), work)
+    resumed = subprocess.run(torchrun(work, "--resume"), capture_output=True, text=True, env=one_thread_env(),
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert "resuming from" in resumed.stdout + resumed.stderr
+    assert_same_weights(tmp_path / "a", work)
 
 
 @pytest.mark.slow

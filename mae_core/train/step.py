@@ -28,7 +28,13 @@ def backward_and_update(model, loss: torch.Tensor, optimizer, scaler, step: int,
                         clip_grad: float | None = None) -> bool:
     """Backward with gradient accumulation (no DDP all-reduce until the last micro-batch), then the
     (grad-scaled, optionally clipped) optimiser step every `accum_iter` micro-batches, as the official code.
-    Returns whether this micro-batch ended with an optimiser step (an EMA updates after it)."""
+    Returns whether this micro-batch ended with an optimiser step (an EMA updates after it).
+
+    Gradients are zeroed at each epoch's first step (`step` counts from 0 every epoch), as the official engines
+    do: when `accum_iter` does not divide the epoch, its leftover micro-batches are dropped rather than carried
+    into the next epoch's first update, which a run resumed from the epoch's checkpoint could not reproduce."""
+    if step == 0:
+        optimizer.zero_grad(set_to_none=True)
     update = (step + 1) % accum_iter == 0
     with model.no_sync() if (info.enabled and not update) else nullcontext():
         scaler.scale(loss / accum_iter).backward()

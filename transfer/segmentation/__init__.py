@@ -6,7 +6,8 @@ mmseg is imported lazily (inside functions), so `import transfer.segmentation` w
 - `weights.py` official MAE keys -> mmseg `MAE` backbone keys (beit2mmseg renames, pos-embed and
                relative-position resizing) with a report of new and unused keys.
 - `data.py`    ADE20K layout and label checks, before mmseg sees the folder.
-- `engine.py`  config building, the mmengine `Runner` (train / eval / safe resume), torchrun on CPU or GPU.
+- `engine.py`  config building, the mmengine `Runner` (train / eval), torchrun on CPU or GPU.
+- `resume.py`  resume only from the run's own work dir, and exactly on every rank (mmengine hook + runner).
 """
 
 from pathlib import Path

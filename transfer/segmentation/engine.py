@@ -4,10 +4,10 @@ What this adds to mmseg's own `tools/train.py` / `tools/test.py`, and why:
 - `--init` is read by our safe loader and converted in memory (weights.py); the run writes the converted
   tensors to `<work_dir>/init_weights.pth` and hands mmengine that file as `load_from` (tensor-only, so
   torch's safe loader reads it), with the load report beside it (`init_report.json`).
-- Resume: mmengine's own checkpoints hold Python objects (`HistoryBuffer`, ...) that torch's safe loader
-  refuses. `SegRunner.resume` loads only a checkpoint inside the run's own work dir, lifting the safe loader
-  for that one call (INSTALL.md); a user's file never goes that way. `RngStateHook` saves and restores the
-  torch RNG, so a resumed run continues exactly as the uninterrupted one (mmengine replays the data order).
+- Resume (resume.py): only from checkpoints of the run's own work dir (they hold pickled objects), and exact on
+  every rank: torch's generator is seeded per (seed, rank, iteration), mmengine replays the data order.
+- Each rank draws its own augmentations and drop path (seed + rank, as the official MAE code and detectron2);
+  the samplers keep the shared seed, so the ranks still split one data order.
 - Evaluation reads a tensor-only `segmentor.pth` (written at the end of training), never a pickle.
 - CPU: NCCL becomes gloo, SyncBN becomes BN, and DDP gets no `device_ids` (mmengine passes the local rank,
   which a CPU module refuses), so `torchrun --nproc-per-node 2` runs on a laptop as on GPUs.
@@ -15,7 +15,6 @@ What this adds to mmseg's own `tools/train.py` / `tools/test.py`, and why:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import time
@@ -46,7 +45,7 @@ class SegmentationConfigError(MAETransferError):
 
 # ----------------------------------------------------------------------------- mmseg / mmengine additions
 def register() -> None:
-    """Register our three small mmengine components in mmseg's registries (once; imports mmseg)."""
+    """Register our small mmengine components in mmseg's registries (once; imports mmseg)."""
     global _registered
     if _registered:
         return
@@ -54,32 +53,9 @@ def register() -> None:
     from mmengine.hooks import Hook
     from mmengine.model import MMDistributedDataParallel
     from mmengine.registry import MODEL_WRAPPERS  # the root registry: Runner.wrap_model looks there
-    from mmengine.runner import Runner
-    from mmseg.registry import HOOKS, RUNNERS
+    from mmseg.registry import HOOKS
 
-    @HOOKS.register_module(force=True)
-    class RngStateHook(Hook):
-        """Save the torch RNG in each checkpoint; after a resume, restore it before the first new step.
-
-        mmengine replays the data order (and with it the numpy draws of the augmentations) but not the
-        torch generator that dropout and drop-path draw from; restored, the run continues bit for bit.
-        """
-
-        priority = "VERY_LOW"
-
-        def __init__(self):
-            self._pending = None
-
-        def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
-            checkpoint.setdefault("meta", {})["torch_rng_state"] = torch.get_rng_state()
-
-        def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
-            self._pending = checkpoint.get("meta", {}).get("torch_rng_state")
-
-        def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
-            if self._pending is not None:
-                torch.set_rng_state(self._pending)
-                self._pending = None
+    from . import resume  # noqa: F401  (registers SegRunner and StepSeedHook)
 
     @HOOKS.register_module(force=True)
     class MetricsHistoryHook(Hook):
@@ -104,35 +80,7 @@ def register() -> None:
 
             super().__init__(module=revert_sync_batchnorm(module), device_ids=None, **kwargs)
 
-    @RUNNERS.register_module(force=True)
-    class SegRunner(Runner):
-        """mmengine's Runner whose resume unpickles only checkpoints of its own work dir (INSTALL.md)."""
-
-        def resume(self, filename: str, *args, **kwargs) -> None:
-            path, work_dir = Path(filename).resolve(), Path(self.work_dir).resolve()
-            if work_dir not in path.parents:
-                raise CheckpointFormatError(
-                    f"refusing to resume from {filename}: only checkpoints this run wrote into its work dir "
-                    f"{work_dir} are resumed (they hold pickled objects). To start from weights, use --init.")
-            with trusted_pickle_load():
-                super().resume(filename, *args, **kwargs)
-
     _registered = True
-
-
-@contextlib.contextmanager
-def trusted_pickle_load():
-    """Lift torch's safe loader for the calls inside (mmengine's `torch.load` passes no `weights_only`)."""
-    key = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
-    before = os.environ.get(key)
-    os.environ[key] = "1"
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = before
 
 
 # ----------------------------------------------------------------------------- config
@@ -252,9 +200,12 @@ def prepare(config: str | Path, *, data_root: str | Path, work_dir: str | Path, 
         cfg.train_cfg.val_interval = val_interval
         cfg.default_hooks.checkpoint.interval = val_interval
     cfg.work_dir = str(Path(work_dir).resolve())
-    cfg.randomness = dict(seed=seed)
+    cfg.randomness = dict(seed=seed, diff_rank_seed=True)  # seed + rank
+    for name in DATALOADERS:  # mmengine would draw a sampler seed under diff_rank_seed: keep the shared one
+        if cfg[name].get("sampler"):
+            cfg[name].sampler.seed = seed
     cfg.launcher = launcher
-    cfg.custom_hooks = [*cfg.get("custom_hooks", []), dict(type="RngStateHook"), dict(type="MetricsHistoryHook")]
+    cfg.custom_hooks = [*cfg.get("custom_hooks", []), dict(type="StepSeedHook"), dict(type="MetricsHistoryHook")]
     adapt_to_device(cfg, launcher != "none", amp)
     return RunSetup(cfg=cfg, data_root=root, classes=classes, summary=summary)
 
