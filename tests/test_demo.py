@@ -14,11 +14,16 @@ def test_shipped_demo_config_plans_the_whole_suite(tmp_path):
     cfg = load_config(DEMO_CONFIG)
     stages = plan(cfg, data_roots(cfg, tmp_path), tmp_path)
     names = [s.name for s in stages]
-    assert names[:2] == ["pretrain", "supervised"] and len(names) == 2 + 2 * 3 + 2 * 2
+    # every init (mae, supervised, scratch) on every task (finetune, linprobe + k-NN, detection, segmentation)
+    assert names[:2] == ["pretrain", "supervised"] and len(names) == 2 + 4 * 3
     assert {s.task for s in stages} == {"pretrain", "supervised", "finetune", "linprobe", "detection", "segmentation"}
+    for task in ("finetune", "linprobe", "detection", "segmentation"):
+        assert {s.name.split("/")[1] for s in stages if s.task == task} == {"mae", "supervised", "scratch"}
     gen = cfg["data"]["generate"]
     # many more unlabelled scenes than labelled ones, as in practice
     assert gen["pretrain"]["num_train"] >= 10 * gen["downstream"]["num_train"]
+    # a transfer, not a label leak: the supervised labels are other shapes than the downstream classes
+    assert gen["pretrain"]["shapes"] == "other" and gen["downstream"].get("shapes", "base") == "base"
 
 
 def shrunk_demo_config(tmp_path: Path) -> Path:
