@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_segmentation_commands(sub)
 
     p = sub.add_parser("make-data", help="write generated data sets in the real on-disk layouts")
-    p.add_argument("kind", choices=["synthetic"])
+    p.add_argument("kind", choices=["synthetic"], help="what to generate: 'synthetic' scenes of shapes")
     p.add_argument("--out", required=True, type=PathArg("output"), help="root folder of the layouts")
     p.add_argument("--seed", type=Number(int, 0), default=0, help="seed of every scene (same seed, same bytes)")
     p.add_argument("--num-train", type=Number(int, 1), default=1000, help="training scenes")

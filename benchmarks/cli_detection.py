@@ -85,7 +85,8 @@ def _common_args(p: argparse.ArgumentParser) -> None:
                    help="checkpoints, metrics.json, log.txt, inference/")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="cuda, cpu, or auto (cuda when torch sees one)")
-    p.add_argument("--seed", type=Number(int, 0), default=None, help="default: the config's train.seed (0)")
+    p.add_argument("--seed", type=Number(int, 0), default=None,
+                   help="seed of the weights' init, data order and augmentation (default: the config's train.seed, 0)")
     g = p.add_argument_group("processes (detectron2's launch)")
     g.add_argument("--num-processes", "--num-gpus", type=Number(int, 1), default=1,
                    help="processes per machine: one per GPU on CUDA (NCCL), or CPU processes (gloo)")

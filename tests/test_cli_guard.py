@@ -109,6 +109,13 @@ def test_every_option_declares_what_it_accepts(paths):
     assert not loose, f"options that accept anything: {loose}"
 
 
+def test_every_option_has_a_sentence_of_help():
+    silent = [f"maet {' '.join(c)} {a.option_strings or a.dest}" for c, parser in _commands(build_parser())
+              for a in parser._actions if not isinstance(a, argparse._HelpAction) and a.help != argparse.SUPPRESS
+              and not (a.help or "").split("(default")[0].strip()]
+    assert not silent, f"options without help: {silent}"
+
+
 def test_every_bad_option_value_is_one_clear_error(paths, capsys):
     tried = 0
     for command, parser in _commands(build_parser()):
