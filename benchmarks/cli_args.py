@@ -18,6 +18,8 @@ import types
 import typing
 from pathlib import Path
 
+from mae_core.train.options import value_problem
+
 
 class Parser(argparse.ArgumentParser):
     """argparse with a one-line error (what was wrong, where the help is) instead of the whole usage block."""
@@ -27,7 +29,7 @@ class Parser(argparse.ArgumentParser):
 
 
 class Number:
-    """An int or float in [min, max]; argparse reports a bad one as `invalid <name> value`."""
+    """An int or float in [min, max] (inclusive; the range rule is `value_problem`'s, as for the Python API)."""
 
     def __init__(self, kind: type, min=None, max=None):
         self.kind, self.min, self.max = kind, min, max
@@ -39,10 +41,9 @@ class Number:
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a{'n' if self.kind is int else ''} "
                                              f"{self.__name__}") from None
-        if self.min is not None and value < self.min:
-            raise argparse.ArgumentTypeError(f"must be >= {self.min}; got {text}")
-        if self.max is not None and value > self.max:
-            raise argparse.ArgumentTypeError(f"must be <= {self.max}; got {text}")
+        problem = value_problem(value, min=self.min, max=self.max)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
         return value
 
     def __repr__(self):
@@ -60,17 +61,14 @@ class PathArg:
 
     def __call__(self, text: str) -> str:
         p = Path(text).expanduser()
-        if self.kind == "init" and text == "scratch":
-            return text
         if self.kind == "output":
             _check_creatable(p)
         elif self.kind == "file-out":
             _check_creatable(p.parent)
-        elif not p.exists():
-            raise argparse.ArgumentTypeError(f"no such {'folder' if self.kind == 'dir' else 'file or folder'}: "
-                                             f"{text}")
-        elif self.kind == "dir" and not p.is_dir():
-            raise argparse.ArgumentTypeError(f"{text} is a file; a folder is expected")
+        else:
+            problem = value_problem(text, path=self.kind)
+            if problem:
+                raise argparse.ArgumentTypeError(problem)
         return text
 
     def __repr__(self):

@@ -77,7 +77,7 @@ def _train_handler(task: str):
                       versions=run.get("versions"), world_size=run.get("world_size"), precision=run.get("precision"))
         metrics = {k: v for k, v in result.metrics.items() if v is not None}
         record = _write(args, make_record(task=task, metrics=metrics, run_id=run.get("run_id"), **common,
-                                          headline_weights=getattr(result, "weights", None), output={
+                                          headline_weights=result.weights, output={
             "checkpoint": str(result.checkpoint), "sha256": sha256_file(result.checkpoint)}))
         if getattr(result, "knn", None):  # the cached probe: k-NN on the same features, a record of its own
             _write(args, make_record(task="knn", metrics=result.knn, linprobe_run_id=run.get("run_id"), **common))

@@ -31,25 +31,35 @@ def opt(default=dataclasses.MISSING, help: str = "", *, factory=None, min=None, 
     return field(default=default, metadata=meta)
 
 
+def value_problem(value, *, min=None, max=None, choices=None, path=None) -> str | None:
+    """What is wrong with one option value, or None: the one rule `check_options` and maet's argparse types share
+    (`path` here: the input kinds dir / exists / init; whether an output folder can be made is the CLI's probe)."""
+    if choices and value not in choices:
+        return f"must be one of {', '.join(map(str, choices))}; got {value!r}"
+    if min is not None and value < min:
+        return f"must be >= {min}; got {value}"
+    if max is not None and value > max:
+        return f"must be <= {max}; got {value}"
+    if path in ("dir", "exists") or (path == "init" and value != "scratch"):
+        p = Path(value).expanduser()
+        if not p.exists():
+            return f"no such {'folder' if path == 'dir' else 'file or folder'}: {value}"
+        if path == "dir" and not p.is_dir():
+            return f"{value} is a file; a folder is expected"
+    return None
+
+
 def check_options(cfg) -> None:
     """Refuse out-of-range numbers, unknown choices and missing input paths of a config (Python API users)."""
     for f in dataclasses.fields(cfg):
         m, value = f.metadata, getattr(cfg, f.name)
         if not m or value is None:
             continue
-        name = "--" + f.name.replace("_", "-")
-        if m.get("choices") and value not in m["choices"]:
-            raise OptionError(f"{name} must be one of {', '.join(map(str, m['choices']))}; got {value!r}")
-        if m.get("min") is not None and value < m["min"]:
-            raise OptionError(f"{name} must be >= {m['min']}; got {value}")
-        if m.get("max") is not None and value > m["max"]:
-            raise OptionError(f"{name} must be <= {m['max']}; got {value}")
-        kind = m.get("path")
-        if kind in ("dir", "exists") or (kind == "init" and value != "scratch"):
-            p = Path(value)
-            if not p.exists() or (kind == "dir" and not p.is_dir()):
-                what = "folder" if kind == "dir" else "path"
-                raise OptionError(f"{name}: no such {what}: {value}")
+        problem = value_problem(value, min=m.get("min"), max=m.get("max"), choices=m.get("choices"),
+                                path=m.get("path"))
+        if problem:
+            name = "--" + f.name.replace("_", "-")
+            raise OptionError(f"{name}{' ' if problem.startswith('must') else ': '}{problem}")
 
 
 @dataclass(kw_only=True)
