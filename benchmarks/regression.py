@@ -45,9 +45,13 @@ def per_seed(records: list[dict], protocol: str) -> dict[str, dict[int, float]]:
     return dict(sorted(values.items()))
 
 
+def seed_means(values: dict[str, dict[int, float]]) -> dict[str, float]:
+    return {k: statistics.fmean(v.values()) for k, v in values.items()}
+
+
 def measured(records: list[dict], protocol: str) -> dict[str, float]:
     """'task/init/metric' -> value (mean over seeds) for the pipeline's downstream records."""
-    return {k: sum(v.values()) / len(v) for k, v in per_seed(records, protocol).items()}
+    return seed_means(per_seed(records, protocol))
 
 
 def tolerance(values: list[float]) -> float:
@@ -105,7 +109,7 @@ def run_regression(config_path: str | Path, baseline_path: str | Path, update: b
             fresh.write_text(yaml.safe_dump(cfg))
             run_pipeline(fresh, tables=False)
             values = per_seed(read_records(work / "runs"), cfg["name"])
-    current = {k: statistics.fmean(v.values()) for k, v in values.items()}
+    current = seed_means(values)
     baseline_path = Path(baseline_path)
     if update:
         baseline = make_baseline(cfg, values, machine=machine_summary())
