@@ -11,43 +11,10 @@ Under torchrun only rank 0 writes the record.
 
 from __future__ import annotations
 
-import argparse
 import time
-from pathlib import Path
 
-from .cli_args import PathArg
-from .records import ENV_DIR, append_record, make_record
-
-
-def _record_args(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("run record")
-    g.add_argument("--record", action=argparse.BooleanOptionalAction, default=True,
-                   help="append a run record (default: yes)")
-    g.add_argument("--results-dir", default=None, type=PathArg("output"),
-                   help=f"records folder (default: ${ENV_DIR}, else results/runs)")
-    g.add_argument("--dataset-name", default=None, help="dataset label in the record (default: the data folder's name)")
-    g.add_argument("--init-name", default=None,
-                   help="init label in the record: mae | supervised | scratch | a name "
-                        "(default: 'scratch', else the checkpoint's file name)")
-    g.add_argument("--protocol", default=None,
-                   help="protocol label in the record: runs of one protocol share a comparison table "
-                        "(default: '<task> on <dataset>'; `maet pipeline` sets its config's name)")
-
-
-def _dataset_name(args, data_path: str) -> str:
-    return args.dataset_name or Path(data_path).resolve().name
-
-
-def _init_name(args, init: str) -> str:
-    return args.init_name or ("scratch" if init == "scratch" else Path(init).name)
-
-
-def _write(args, record: dict) -> dict:
-    if getattr(args, "protocol", None):
-        record["protocol"] = args.protocol
-    path = append_record(record, args.results_dir)
-    print(f"run record {record['run_id']} -> {path}")
-    return record
+from .cli_common import add_record_args, dataset_name, init_name, write_record
+from .records import make_record
 
 
 def _train_handler(task: str):
@@ -70,17 +37,17 @@ def _train_handler(task: str):
         feature = (run.get("init_report") or {}).get("feature")
         if feature:  # the feature the probe read (what `--feature auto` resolved to) and its norm
             config.update(feature=feature["kind"], feature_option=cfg.feature, feature_norm=feature["norm"])
-        common = dict(dataset=_dataset_name(args, cfg.data_path), init=_init_name(args, cfg.init), arch=result.arch,
+        common = dict(dataset=dataset_name(args, cfg.data_path), init=init_name(args, cfg.init), arch=result.arch,
                       config=config, checkpoint_sha256=run.get("init_sha256"), seed=cfg.seed,
                       device=run.get("device"), started_at=run.get("started_at"),
                       duration_s=round(result.duration_s, 3), git_commit=run.get("git_commit"),
                       versions=run.get("versions"), world_size=run.get("world_size"), precision=run.get("precision"))
         metrics = {k: v for k, v in result.metrics.items() if v is not None}
-        record = _write(args, make_record(task=task, metrics=metrics, run_id=run.get("run_id"), **common,
+        record = write_record(args, make_record(task=task, metrics=metrics, run_id=run.get("run_id"), **common,
                                           headline_weights=result.weights, output={
             "checkpoint": str(result.checkpoint), "sha256": sha256_file(result.checkpoint)}))
         if getattr(result, "knn", None):  # the cached probe: k-NN on the same features, a record of its own
-            _write(args, make_record(task="knn", metrics=result.knn, linprobe_run_id=run.get("run_id"), **common))
+            write_record(args, make_record(task="knn", metrics=result.knn, linprobe_run_id=run.get("run_id"), **common))
         return record
     return handler
 
@@ -102,9 +69,9 @@ def _eval_handler(args) -> dict | None:
     if not args.record:
         return None
     metrics = {k: res[k] for k in ("top1", "top5", "loss", "num_images", "img_per_s")}
-    return _write(args, make_record(
+    return write_record(args, make_record(
         task=args.task or ("linprobe" if res["linear_probe"] else "finetune"),
-        dataset=_dataset_name(args, cfg.data_path), init=_init_name(args, cfg.checkpoint), arch=res["arch"],
+        dataset=dataset_name(args, cfg.data_path), init=init_name(args, cfg.checkpoint), arch=res["arch"],
         metrics=metrics, config=cfg.to_dict(), checkpoint_sha256=checkpoint_sha256(cfg.checkpoint), seed=None,
         device=res["device"], started_at=started, duration_s=round(time.perf_counter() - t0, 3), mode="eval",
         world_size=res["world_size"], precision=res["precision"], checkpoint_format=res["format"]))
@@ -121,19 +88,19 @@ def add_classification_commands(subparsers) -> None:
     p = subparsers.add_parser("finetune", help="fine-tune a ViT classifier from a checkpoint or from scratch "
                                                "(official MAE recipe; torchrun for DDP)")
     add_dataclass_args(p, FinetuneConfig)
-    _record_args(p)
+    add_record_args(p)
     p.set_defaults(func=_train_handler("finetune"))
 
     p = subparsers.add_parser("linprobe", help="linear probe on a frozen encoder: the official MAE recipe, or "
                                                "--probe cached (features computed once, + weighted k-NN)")
     add_dataclass_args(p, LinprobeConfig)
-    _record_args(p)
+    add_record_args(p)
     p.set_defaults(func=_train_handler("linprobe"))
 
     p = subparsers.add_parser("eval", help="top-1 / top-5 of a fine-tuned or linear-probe checkpoint on an "
                                            "ImageNet-layout folder")
     add_dataclass_args(p, EvalConfig)
-    _record_args(p)
+    add_record_args(p)
     p.add_argument("--task", choices=["finetune", "linprobe"], default=None,
                    help="protocol the number belongs to in the record (default: linprobe for a BN head, else finetune)")
     p.set_defaults(func=_eval_handler)

@@ -14,7 +14,7 @@ from mae_core.errors import OptionError
 from transfer.detection.config import PROTOCOLS
 
 from .cli_args import Number, PathArg, ProtocolArg
-from .cli_classification import _dataset_name, _init_name, _record_args, _write
+from .cli_common import add_record_args, dataset_name, init_name, write_record
 
 PROTOCOL_HELP = ("protocol: tiny (CPU, synthetic COCO), b / l / h (ViTDet's published ViT-B/L/H Mask R-CNN), "
                  "or a LazyConfig file")
@@ -39,7 +39,7 @@ def _record_evaluation(job, evaluation: dict) -> dict:
         dropped_reason=("pycocotools gives -1 (detectron2: NaN) where a sub-metric has no ground truth, e.g. APs/ARs "
                         "on a set without small objects; such entries are left out") if dropped else None,
         output={"dir": job.output_dir, "weights": job.weights})
-    return _write(argparse.Namespace(results_dir=meta["results_dir"], protocol=meta["protocol"]), record)
+    return write_record(argparse.Namespace(results_dir=meta["results_dir"], protocol=meta["protocol"]), record)
 
 
 def _job(args, eval_only: bool):
@@ -56,7 +56,7 @@ def _job(args, eval_only: bool):
         crash_after_iter=getattr(args, "crash_after_iter", None),
         on_evaluation=_record_evaluation if args.record else None)
     source = args.weights if eval_only else job.init
-    job.record_meta = {"dataset": _dataset_name(args, args.data_root), "init": _init_name(args, source),
+    job.record_meta = {"dataset": dataset_name(args, args.data_root), "init": init_name(args, source),
                        "results_dir": args.results_dir, "protocol": args.protocol, "started_at": now_iso(),
                        "t0": time.time()}
     return job
@@ -93,7 +93,7 @@ def _common_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--num-machines", type=Number(int, 1), default=1, help="machines taking part in the run")
     g.add_argument("--machine-rank", type=Number(int, 0), default=0, help="this machine's index among them")
     g.add_argument("--dist-url", default="auto", help="e.g. tcp://HOST:PORT for several machines (default: auto)")
-    _record_args(p)
+    add_record_args(p)
     p.add_argument("opts", nargs=argparse.REMAINDER, default=[],
                    help="detectron2 LazyConfig overrides, key=value (e.g. model.roi_heads.num_classes=3 "
                         "dataloader.train.total_batch_size=16)")

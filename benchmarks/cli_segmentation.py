@@ -13,7 +13,7 @@ from mae_core.errors import OptionError
 from transfer.segmentation import CONFIG_DIR, PROTOCOLS
 
 from .cli_args import Number, PathArg, ProtocolArg
-from .cli_classification import _dataset_name, _init_name, _record_args, _write
+from .cli_common import add_record_args, dataset_name, init_name, write_record
 from .records import make_record
 
 DEFAULT_CONFIG = "tiny"
@@ -35,7 +35,7 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="read every label PNG once to check its values against the class count (default: yes)")
     p.add_argument("--cfg-options", nargs="+", default=None, metavar="KEY=VALUE",
                    help="override config entries, as in mmseg's tools (e.g. train_dataloader.num_workers=8)")
-    _record_args(p)
+    add_record_args(p)
 
 
 def _cfg_options(args) -> dict | None:
@@ -83,8 +83,8 @@ def _train(args) -> dict | None:
     if not (args.record and result.is_main):
         return None
     init = setup.init
-    return _write(args, make_record(
-        task="segmentation", dataset=_dataset_name(args, args.data_root), init=_init_name(args, args.init),
+    return write_record(args, make_record(
+        task="segmentation", dataset=dataset_name(args, args.data_root), init=init_name(args, args.init),
         arch=engine.arch_name(setup.cfg), metrics=result.metrics,
         config=_record_config(args, setup, {"init": str(args.init), "resumed_from": setup.resumed_from,
                                             "init_load": setup.report.compact() if setup.report else None}),
@@ -110,8 +110,8 @@ def _eval(args) -> dict | None:
     if not (args.record and result.is_main):
         return None
     meta = engine.read_segmentor(args.checkpoint).get("meta", {})
-    return _write(args, make_record(
-        task="segmentation", dataset=_dataset_name(args, args.data_root),
+    return write_record(args, make_record(
+        task="segmentation", dataset=dataset_name(args, args.data_root),
         init=args.init_name or meta.get("init") or Path(args.checkpoint).name, arch=engine.arch_name(setup.cfg),
         metrics=result.metrics, config=_record_config(args, setup, {"checkpoint": str(args.checkpoint)}),
         checkpoint_sha256=sha256_file(args.checkpoint), seed=None, device=result.device,
