@@ -13,7 +13,8 @@ from .cli_args import Number, Parser, PathArg, add_dataclass_args, dataclass_fro
 
 
 def _cmd_pretrain(args) -> None:
-    from mae_core.train.pretrain import PretrainConfig, pretrain
+    from mae_core.train.configs import PretrainConfig
+    from mae_core.train.pretrain import pretrain
 
     pretrain(dataclass_from_args(PretrainConfig, args))
 
@@ -128,7 +129,8 @@ def _cmd_table(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from mae_core.train.pretrain import PretrainConfig
+    """Every command and option; torch-free (the configs live in mae_core.train.configs), so --help is fast."""
+    from mae_core.train.configs import PretrainConfig
 
     from .cli_classification import add_classification_commands
     from .cli_detection import add_detection_commands

@@ -79,9 +79,7 @@ def _eval_handler(args) -> dict | None:
 
 def add_classification_commands(subparsers) -> None:
     """Register `finetune`, `linprobe` and `eval` on an argparse subparsers object."""
-    from mae_core.train.evaluate import EvalConfig
-    from mae_core.train.finetune import FinetuneConfig
-    from mae_core.train.linprobe import LinprobeConfig
+    from mae_core.train.configs import EvalConfig, FinetuneConfig, LinprobeConfig
 
     from .cli_args import add_dataclass_args
 

@@ -164,7 +164,7 @@ def _train(cfg, task: str, train_transform, make_recipe: MakeRecipe, info: DistI
            "init": cfg.init, "init_sha256": init_sha256,
            "init_report": recipe.init_report, "classes": train_set.classes}
     start_epoch, elapsed, best = 0, 0.0, {"top1": -1.0, "epoch": -1}
-    resume_path = find_resume(cfg.resume, out)
+    resume_path = find_resume(cfg.resume_from, out, cfg.resume)
     if resume_path is not None:
         start_epoch, saved = restore_training_state(resume_path, recipe.model, recipe.optimizer, scaler,
                                                     recipe.model_kwargs, what=task, ema=recipe.model_ema)

@@ -14,6 +14,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ..errors import OptionError
+from .options import default_num_workers  # noqa: F401  (its home before options.py held it)
 
 
 @dataclass(frozen=True)
@@ -83,11 +84,6 @@ def all_reduce_mean(value: float, info: DistInfo) -> float:
 def cleanup(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def default_num_workers() -> int:
-    """Data-loader workers per process: the official 8, or fewer on a machine with fewer cores."""
-    return max(1, min(8, (os.cpu_count() or 1)))
 
 
 def train_loader(dataset, batch_size: int, num_workers: int, seed: int, info: DistInfo):

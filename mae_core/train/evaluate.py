@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -22,33 +21,9 @@ from ..data import ImageFolderDataset, build_eval_transform
 from ..errors import ClassCountMismatchError
 from ..models_vit import build_classifier_from_checkpoint, linear_layer
 from ..vit import arch_for_width_depth
-from .distributed import DistInfo, all_reduce_sum, cleanup, default_num_workers, init_distributed
-from .options import DEVICES, check_options, opt
-from .precision import PRECISIONS, autocast, resolve_precision
-
-
-@dataclass
-class EvalConfig:
-    data_path: str = opt(help="ImageNet-layout root with <split>/<class>/ image folders", path="dir")
-    checkpoint: str = opt(help="fine-tuned or linear-probe classifier: ours, official, timm or HF", path="exists")
-    split: str = opt("val", "sub-folder of --data-path to evaluate")
-    img_size: int | None = opt(None, "input resolution (default: the checkpoint's own)", min=1)
-    num_heads: int | None = opt(None, "attention heads, only for files without meta whose width is no preset's",
-                                min=1)
-    batch_size: int = opt(128, "images per process per batch", min=1)
-    num_workers: int = opt(help="data-loader worker processes (default: min(8, CPUs))", factory=default_num_workers,
-                           min=0)
-    device: str = opt("auto", "cuda, cpu, or auto (cuda when torch sees one)", choices=DEVICES)
-    precision: str = opt("auto", "fp32, fp16 (CUDA), bf16, or auto (fp16 on CUDA, fp32 on CPU)",
-                         choices=("auto", *PRECISIONS))
-    skip_corrupt: bool = opt(False, "skip unreadable images (counted) instead of stopping")
-    progress: bool = opt(True, "show a progress bar")
-
-    def __post_init__(self):
-        check_options(self)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+from .configs import EvalConfig
+from .distributed import DistInfo, all_reduce_sum, cleanup, init_distributed
+from .precision import autocast, resolve_precision
 
 
 def topk_correct(logits: torch.Tensor, target: torch.Tensor, ks=(1, 5)) -> list[torch.Tensor]:

@@ -23,9 +23,8 @@ from tqdm import tqdm
 from ..errors import FeatureMismatchError
 from ..formats import CheckpointInfo, sniff
 from ..models_vit import build_classifier, classifier_kwargs, load_init_checkpoint
+from .configs import FEATURES
 from .precision import autocast
-
-FEATURES = ("auto", "cls", "avg")
 
 
 @dataclass

@@ -13,8 +13,6 @@ erasing, 300 / 200 epochs (pipelines/published_vit_*.yaml spell it out).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn as nn
 from timm.data import Mixup, create_transform
@@ -22,70 +20,16 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
 from ..data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from ..models_vit import (
-    CLASSIFIER_PRESETS,
     build_classifier,
     classifier_kwargs,
     init_head,
     load_init_checkpoint,
 )
 from .classification import ClassifierRun, Recipe, train_classifier
+from .configs import FinetuneConfig
 from .distributed import DistInfo
 from .ema import build_model_ema
 from .layer_decay import param_groups_layer_decay
-from .options import RunOptions, opt
-
-
-@dataclass
-class FinetuneConfig(RunOptions):
-    data_path: str = opt(help="ImageNet-layout root: train/<class>/ and val/<class>/ image folders", path="dir")
-    output_dir: str = opt(help="run folder: checkpoints, log.jsonl, config.json; a second run here resumes",
-                          path="output")
-    init: str = opt(help="encoder checkpoint (any format `maet inspect` reads), or 'scratch'", path="init")
-    model: str = opt("vit_base_patch16", "classifier preset", choices=CLASSIFIER_PRESETS)
-    model_kwargs: dict = opt(help='JSON overrides of the preset, e.g. \'{"depth": 6}\'', factory=dict)
-    img_size: int = opt(224, "input resolution (pixels, square)", min=1)
-    num_classes: int | None = opt(None, "classes of the head (default: the class folders of train/)", min=1)
-    global_pool: bool = opt(True, "mean of patch tokens + fc_norm (the official fine-tune); no: cls token + norm")
-    drop_path: float = opt(0.1, "stochastic depth rate", min=0.0, max=1.0)
-    epochs: int = opt(50, "training epochs", min=1)
-    warmup_epochs: float = opt(5, "linear lr warm-up epochs (per iteration), then cosine", min=0)
-    batch_size: int = opt(64, "images per process per micro-batch", min=1)
-    accum_iter: int = opt(1, "micro-batches per optimiser step (effective batch = batch x accum x processes)",
-                          min=1)
-    blr: float = opt(1e-3, "base lr: lr = blr x effective batch / 256", min=0)
-    lr: float | None = opt(None, "absolute peak lr (overrides --blr)", min=0)
-    min_lr: float = opt(1e-6, "lr at the end of the cosine", min=0)
-    weight_decay: float = opt(0.05, "AdamW weight decay (none on biases, norms, position embeddings, tokens)",
-                              min=0)
-    beta2: float = opt(0.999, "AdamW beta2 (0.999 as the official fine-tune; the paper's from-scratch recipe: "
-                              "0.95)", min=0.0, max=0.9999)
-    layer_decay: float = opt(0.75, "layer-wise lr decay (0.65 for ViT-B in the official recipe; 1: off)",
-                             min=0.0, max=1.0)
-    clip_grad: float | None = opt(None, "clip the gradient norm to this (default: no clipping)", min=0)
-    smoothing: float = opt(0.1, "label smoothing", min=0.0, max=1.0)
-    mixup: float = opt(0.8, "Mixup alpha (0: off)", min=0)
-    cutmix: float = opt(1.0, "CutMix alpha (0: off)", min=0)
-    mixup_prob: float = opt(1.0, "probability of applying Mixup or CutMix to a batch", min=0.0, max=1.0)
-    mixup_switch_prob: float = opt(0.5, "probability of CutMix instead of Mixup when both are on",
-                                   min=0.0, max=1.0)
-    mixup_mode: str = opt("batch", "Mixup/CutMix per batch, pair or element (timm)",
-                          choices=("batch", "pair", "elem"))
-    aa: str = opt("rand-m9-mstd0.5-inc1", "timm auto-augment policy string; 'none': off")
-    reprob: float = opt(0.25, "random-erasing probability", min=0.0, max=1.0)
-    remode: str = opt("pixel", "random-erasing fill (timm)", choices=("const", "rand", "pixel"))
-    recount: int = opt(1, "random-erasing regions per image", min=1)
-    crop_min_scale: float = opt(0.08, "RandomResizedCrop's smallest area fraction (timm's and the official 0.08)",
-                                min=0.0, max=1.0)
-    model_ema: bool = opt(False, "keep an EMA of the weights (timm's ModelEmaV3), evaluated every epoch; its "
-                                 "top-1 becomes the headline and finetuned.pth holds it (the official fine-tune "
-                                 "has none; the paper's from-scratch recipe uses 0.9999)")
-    model_ema_decay: float = opt(0.9999, "EMA decay per optimiser step", min=0.0, max=1.0)
-    model_ema_warmup: bool = opt(False, "timm's EMA decay warm-up (1 - step^(-2/3), capped at the decay): for runs "
-                                        "of a few thousand steps, where a fixed 0.9999 stays near the early weights")
-
-    @property
-    def mixup_active(self) -> bool:
-        return self.mixup > 0 or self.cutmix > 0
 
 
 def build_train_transform(cfg: FinetuneConfig):

@@ -16,7 +16,6 @@ fitted to convergence, with weighted k-NN beside it; `--feature` picks the featu
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -25,51 +24,13 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as F
 
 from ..data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from ..models_vit import CLASSIFIER_PRESETS, init_head
+from ..models_vit import init_head
 from .cached_probe import cached_linprobe
 from .classification import ClassifierRun, Recipe, train_classifier
+from .configs import PROBES, LinprobeConfig  # noqa: F401  (public names)
 from .distributed import DistInfo
-from .features import FEATURES, probe_classifier
+from .features import probe_classifier
 from .lars import LARS
-from .options import RunOptions, opt
-
-PROBES = ("official", "cached")
-
-
-@dataclass
-class LinprobeConfig(RunOptions):
-    data_path: str = opt(help="ImageNet-layout root: train/<class>/ and val/<class>/ image folders", path="dir")
-    output_dir: str = opt(help="run folder: checkpoints, log.jsonl, config.json; a second run here resumes",
-                          path="output")
-    init: str = opt(help="encoder checkpoint (any format `maet inspect` reads), or 'scratch' (random features: "
-                         "a floor, not a result)", path="init")
-    model: str = opt("vit_base_patch16", "classifier preset", choices=CLASSIFIER_PRESETS)
-    model_kwargs: dict = opt(help="JSON overrides of the preset", factory=dict)
-    img_size: int = opt(224, "input resolution (pixels, square)", min=1)
-    num_classes: int | None = opt(None, "classes of the head (default: the class folders of train/)", min=1)
-    probe: str = opt("official", "official: LARS over augmented images for --epochs (the published protocol); "
-                                 "cached: the frozen features computed once, the head fitted to convergence by "
-                                 "L-BFGS, and weighted k-NN on the same features (a second record, task knn)",
-                     choices=PROBES)
-    feature: str = opt("auto", "cls: cls token + norm (the official probe); avg: mean of patch tokens + fc_norm "
-                               "(the file's norm if it has no fc_norm); auto: avg for a file with fc_norm (a "
-                               "global-pool classifier), else cls", choices=FEATURES)
-    epochs: int = opt(90, "training epochs (official probe)", min=1)
-    warmup_epochs: float = opt(10, "linear lr warm-up epochs (per iteration), then cosine (official probe)", min=0)
-    batch_size: int = opt(512, "images per process per micro-batch (cached probe: per feature-extraction batch)", min=1)
-    accum_iter: int = opt(1, "micro-batches per optimiser step (effective batch = batch x accum x processes; "
-                             "official probe)", min=1)
-    blr: float = opt(0.1, "base lr of LARS: lr = blr x effective batch / 256 (official probe)", min=0)
-    lr: float | None = opt(None, "absolute peak lr (overrides --blr; official probe)", min=0)
-    min_lr: float = opt(0.0, "lr at the end of the cosine (official probe)", min=0)
-    weight_decay: float = opt(0.0, "LARS weight decay (official probe)", min=0)
-    cached_steps: int = opt(1000, "--probe cached: L-BFGS iterations at most (it stops once converged)", min=1)
-    cached_wd: float | None = opt(None, "--probe cached: L2 penalty on the linear weights (per mean cross-entropy); "
-                                        "default: the best of 1e-5, 1e-4, ..., 1 by 5-fold cross-validation on train",
-                                  min=0)
-    knn_k: int = opt(20, "--probe cached: neighbours of the weighted k-NN (DINO: 20)", min=1)
-    knn_temperature: float = opt(0.07, "--probe cached: temperature T of the k-NN vote weights exp(cos / T) "
-                                       "(DINO: 0.07)", min=1e-4)
 
 
 class RandomResizedCropTF(transforms.RandomResizedCrop):

@@ -8,17 +8,22 @@ before any work starts, and `check_options` refuses the same values from Python.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import OptionError
-from .distributed import default_num_workers
-from .precision import PRECISIONS
 
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "fp16", "bf16")  # no torch here: `maet --help` reads this module (precision.py uses it)
 # What a path option must be: an existing folder, an existing file or folder, a folder we can create,
 # or a checkpoint / 'scratch'.
 PATH_KINDS = ("dir", "exists", "output", "init")
+
+
+def default_num_workers() -> int:
+    """Data-loader workers per process: the official 8, or fewer on a machine with fewer cores."""
+    return max(1, min(8, (os.cpu_count() or 1)))
 
 
 def opt(default=dataclasses.MISSING, help: str = "", *, factory=None, min=None, max=None, choices=None,
@@ -75,8 +80,10 @@ class RunOptions:
                          choices=("auto", *PRECISIONS))
     save_every: int = opt(1, "write the resumable checkpoint-last.pth every N epochs", min=1)
     log_every: int = opt(10, "write a log.jsonl line every N steps", min=1)
-    resume: str | None = opt(None, "resume from this checkpoint-last.pth (default: the one in --output-dir, "
-                                   "if a run left one)", path="exists")
+    resume: bool = opt(True, "continue from checkpoint-last.pth in --output-dir if a run left one (--no-resume: "
+                             "start over)")
+    resume_from: str | None = opt(None, "resume from this checkpoint-last.pth instead of the one in --output-dir",
+                                  path="exists")
     skip_corrupt: bool = opt(False, "skip unreadable images (listed in the log) instead of stopping")
     progress: bool = opt(True, "show a progress bar")
 

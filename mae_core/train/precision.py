@@ -11,8 +11,7 @@ from contextlib import nullcontext
 import torch
 
 from ..errors import OptionError
-
-PRECISIONS = ("fp32", "fp16", "bf16")
+from .options import PRECISIONS
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -26,6 +25,7 @@ from ..checkpoints import save_mae_checkpoint
 from ..data import ImageFolderDataset, build_pretrain_transform
 from ..mae import MAE_PRESETS, MaskedAutoencoder
 from ..provenance import git_commit, now_iso, versions
+from .configs import PretrainConfig
 from .distributed import (
     DistInfo,
     barrier,
@@ -35,7 +35,6 @@ from .distributed import (
 )
 from .metrics import MetricsLog
 from .optim import lr_at, param_groups_weight_decay, scaled_lr, set_lr
-from .options import RunOptions, opt
 from .precision import autocast, grad_scaler, resolve_precision
 from .seeded import SeededMaskingDataset
 from .state import LAST, find_resume, restore_training_state, save_training_state
@@ -44,27 +43,6 @@ from .step import backward_and_update, global_loss
 FINAL = "mae_pretrain.pth"
 
 
-@dataclass
-class PretrainConfig(RunOptions):
-    data_path: str = opt(help="ImageNet-layout root: images under train/<class>/ (labels unused)", path="dir")
-    output_dir: str = opt(help="run folder: checkpoints, log.jsonl, config.json; a second run here resumes",
-                          path="output")
-    model: str = opt("mae_vit_base_patch16", "MAE preset", choices=MAE_PRESETS)
-    model_kwargs: dict = opt(help='JSON overrides of the preset, e.g. \'{"depth": 4}\'', factory=dict)
-    img_size: int = opt(224, "input resolution (pixels, square)", min=1)
-    norm_pix_loss: bool = opt(True, "reconstruct per-patch normalised pixels (the paper's default, Table 1c)")
-    mask_ratio: float = opt(0.75, "fraction of patches removed", min=0.0, max=0.99)
-    epochs: int = opt(400, "training epochs", min=1)
-    warmup_epochs: float = opt(40, "linear lr warm-up epochs (per iteration), then half-cycle cosine", min=0)
-    batch_size: int = opt(64, "images per process per micro-batch", min=1)
-    accum_iter: int = opt(1, "micro-batches per optimiser step (effective batch = batch x accum x processes)",
-                          min=1)
-    blr: float = opt(1.5e-4, "base lr: lr = blr x effective batch / 256", min=0)
-    lr: float | None = opt(None, "absolute peak lr (overrides --blr)", min=0)
-    min_lr: float = opt(0.0, "lr at the end of the cosine", min=0)
-    weight_decay: float = opt(0.05, "AdamW weight decay (none on biases, norms, position embeddings, tokens)",
-                              min=0)
-    keep_every: int = opt(20, "also keep checkpoint-EPOCH.pth every N epochs (0: never)", min=0)
 
 
 def _model_kwargs(cfg: PretrainConfig) -> dict:
@@ -133,7 +111,7 @@ def _pretrain(cfg: PretrainConfig, info: DistInfo) -> Path:
     run = {"run_id": uuid.uuid4().hex[:12], "git_commit": git_commit(), "started_at": now_iso(),
            "seed": cfg.seed, "config": cfg.to_dict(), "versions": versions(), "device": str(info.device),
            "world_size": info.world_size, "effective_batch": effective_batch, "lr": peak_lr}
-    start_epoch, resume_path = 0, find_resume(cfg.resume, out)
+    start_epoch, resume_path = 0, find_resume(cfg.resume_from, out, cfg.resume)
     if resume_path is not None:
         start_epoch, saved = restore_training_state(resume_path, model, optimizer, scaler, kwargs)
         run = {**saved["meta"].get("run", {}), "resumed_at": now_iso(), "resumed_from_epoch": start_epoch}

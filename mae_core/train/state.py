@@ -20,12 +20,13 @@ LAST = "checkpoint-last.pth"
 RESUME_KEYS = {"model", "optimizer", "epoch", "meta"}
 
 
-def find_resume(resume: str | None, output_dir: str | Path) -> Path | None:
-    """An explicit --resume, else `checkpoint-last.pth` in the output folder if a run left one."""
-    if resume:
-        return Path(resume)
+def find_resume(resume_from: str | None, output_dir: str | Path, resume: bool = True) -> Path | None:
+    """An explicit --resume-from, else (unless --no-resume) `checkpoint-last.pth` in the output folder if a run
+    left one."""
+    if resume_from:
+        return Path(resume_from)
     last = Path(output_dir) / LAST
-    return last if last.exists() else None
+    return last if resume and last.exists() else None
 
 
 def save_training_state(path: str | Path, model, meta: dict, optimizer, scaler, epoch: int, ema=None) -> Path:
