@@ -1,85 +1,70 @@
 """`maet detect train` / `maet detect eval`: COCO detection + instance segmentation with ViTDet Mask R-CNN.
 
 A thin layer over `transfer.detection.engine` (detectron2 is imported inside the handlers, so `maet
---help` stays fast). Every evaluation writes a run record (task `detection`) whose metrics hold all
-12 COCO numbers of bbox and segm; under detectron2's `launch` only rank 0 writes.
+--help` stays fast). The engine returns a `RunResult` with every evaluation; each becomes a run record
+(task `detection`) whose metrics hold all 12 COCO numbers of bbox and segm; only rank 0's result comes back.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
 
 from mae_core.errors import OptionError
-from transfer.detection.config import PROTOCOLS
+from transfer.detection.config import ALIASES, PROTOCOLS
 
 from .cli_args import Number, PathArg, ProtocolArg
 from .cli_common import add_record_args, dataset_name, init_name, write_record
+from .records import record_from_result
 
-PROTOCOL_HELP = ("protocol: tiny (CPU, synthetic COCO), b / l / h (ViTDet's published ViT-B/L/H Mask R-CNN), "
-                 "or a LazyConfig file")
-
-
-def _record_evaluation(job, evaluation: dict) -> dict:
-    """`on_evaluation` callback of the engine: one run record per evaluation."""
-    from transfer.detection.evaluator import record_metrics
-
-    from .records import make_record
-
-    meta = job.record_meta
-    metrics, dropped = record_metrics(evaluation["results"])
-    record = make_record(
-        task="detection", dataset=meta["dataset"], init=meta["init"], arch=evaluation["arch"], metrics=metrics,
-        config={"job": job.to_dict(), "protocol": evaluation["protocol"]},
-        checkpoint_sha256=evaluation["checkpoint_sha256"], seed=evaluation["seed"], device=evaluation["device"],
-        started_at=meta["started_at"], duration_s=round(time.time() - meta["t0"], 3),
-        mode="eval" if job.eval_only else "train", iteration=evaluation["iteration"],
-        world_size=evaluation["world_size"], init_report=evaluation["init_report"],
-        dropped_metrics=dropped,
-        dropped_reason=("pycocotools gives -1 (detectron2: NaN) where a sub-metric has no ground truth, e.g. APs/ARs "
-                        "on a set without small objects; such entries are left out") if dropped else None,
-        output={"dir": job.output_dir, "weights": job.weights})
-    return write_record(argparse.Namespace(results_dir=meta["results_dir"], protocol=meta["protocol"]), record)
+PROTOCOL_HELP = ("protocol: tiny (CPU, synthetic COCO), vit-b / vit-l / vit-h (ViTDet's published ViT-B/L/H "
+                 "Mask R-CNN), or a LazyConfig file")
 
 
 def _job(args, eval_only: bool):
-    from mae_core.provenance import now_iso
     from transfer.detection.engine import DetectionJob
 
-    job = DetectionJob(
-        config=args.config, data_root=args.data_root, output_dir=args.output_dir,
-        init=getattr(args, "init", "scratch"), weights=args.weights, eval_only=eval_only,
-        resume=getattr(args, "resume", False) and not eval_only, max_iter=getattr(args, "max_iter", None),
-        device=args.device,
-        seed=args.seed, overrides=list(args.opts), num_processes=args.num_processes,
-        num_machines=args.num_machines, machine_rank=args.machine_rank, dist_url=args.dist_url,
-        crash_after_iter=getattr(args, "crash_after_iter", None),
-        on_evaluation=_record_evaluation if args.record else None)
-    source = args.weights if eval_only else job.init
-    job.record_meta = {"dataset": dataset_name(args, args.data_root), "init": init_name(args, source),
-                       "results_dir": args.results_dir, "protocol": args.protocol, "started_at": now_iso(),
-                       "t0": time.time()}
-    return job
+    return DetectionJob(
+        config=args.config, data_root=args.data_path, output_dir=args.output_dir,
+        init=getattr(args, "init", "scratch"), weights=args.checkpoint, eval_only=eval_only,
+        resume=getattr(args, "resume", False) and not eval_only, max_iter=getattr(args, "max_iters", None),
+        device=args.device, seed=args.seed, overrides=list(args.cfg_options), num_processes=args.num_processes,
+        num_machines=args.num_machines, machine_rank=args.machine_rank, dist_url=args.dist_url)
+
+
+def _run(args, eval_only: bool) -> list[dict]:
+    """Run the job; one record per evaluation (its iteration, its 12 + 12 COCO numbers)."""
+    from transfer.detection.engine import NO_GROUND_TRUTH, run
+
+    result = run(_job(args, eval_only))
+    if result is None or not args.record:
+        return []
+    common = dict(dataset=dataset_name(args, args.data_path),
+                  init=init_name(args, args.checkpoint if eval_only else args.init))
+    evaluations = result.extra.pop("evaluations")
+    records = []
+    for e in evaluations:
+        result.metrics, result.iterations = e["metrics"], e["iteration"]
+        dropped = e["dropped_metrics"]
+        records.append(write_record(args, record_from_result(
+            result, **common, init_report=e["init_report"], dropped_metrics=dropped,
+            dropped_reason=NO_GROUND_TRUTH if dropped else None)))
+    return records
 
 
 def _train_handler(args) -> None:
-    from transfer.detection.engine import run
-
-    eval_only = args.eval_only
-    if eval_only and not args.weights:
-        raise OptionError("--eval-only needs --weights (a detectron2 model file to evaluate)")
-    run(_job(args, eval_only))
+    if args.eval_only and not args.checkpoint:
+        raise OptionError("--eval-only needs --checkpoint (a detectron2 model file to evaluate)")
+    _run(args, args.eval_only)
 
 
 def _eval_handler(args) -> None:
-    from transfer.detection.engine import run
-
-    run(_job(args, eval_only=True))
+    _run(args, eval_only=True)
 
 
 def _common_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default="tiny", type=ProtocolArg(PROTOCOLS), help=PROTOCOL_HELP + " (default: tiny)")
-    p.add_argument("--data-root", required=True, type=PathArg("dir"),
+    p.add_argument("--config", default="tiny", type=ProtocolArg([*PROTOCOLS, *ALIASES]),
+                   help=PROTOCOL_HELP + " (default: tiny)")
+    p.add_argument("--data-path", "--data-root", required=True, type=PathArg("dir"),
                    help="COCO-layout root: annotations/instances_{train,val}2017.json + {train,val}2017/ images")
     p.add_argument("--output-dir", required=True, type=PathArg("output"),
                    help="checkpoints, metrics.json, log.txt, inference/")
@@ -93,10 +78,10 @@ def _common_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--num-machines", type=Number(int, 1), default=1, help="machines taking part in the run")
     g.add_argument("--machine-rank", type=Number(int, 0), default=0, help="this machine's index among them")
     g.add_argument("--dist-url", default="auto", help="e.g. tcp://HOST:PORT for several machines (default: auto)")
+    p.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="override config entries, read by detectron2's LazyConfig.apply_overrides (e.g. "
+                        "model.roi_heads.num_classes=3 dataloader.train.total_batch_size=16)")
     add_record_args(p)
-    p.add_argument("opts", nargs=argparse.REMAINDER, default=[],
-                   help="detectron2 LazyConfig overrides, key=value (e.g. model.roi_heads.num_classes=3 "
-                        "dataloader.train.total_batch_size=16)")
 
 
 def add_detection_commands(subparsers) -> None:
@@ -111,17 +96,17 @@ def add_detection_commands(subparsers) -> None:
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="continue from the last checkpoint in --output-dir if there is one (default: yes, like the "
                         "project's other engines; detectron2's own default is --no-resume)")
-    p.add_argument("--max-iter", type=Number(int, 1), default=None, help="iterations (the lr milestones scale with it)")
-    p.add_argument("--eval-only", action="store_true", help="only evaluate --weights (as `maet detect eval`)")
-    p.add_argument("--weights", default=None, type=PathArg("exists"),
+    p.add_argument("--max-iters", "--max-iter", type=Number(int, 1), default=None,
+                   help="schedule length in iterations (default: the config's; the lr milestones scale with it)")
+    p.add_argument("--eval-only", action="store_true", help="only evaluate --checkpoint (as `maet detect eval`)")
+    p.add_argument("--checkpoint", "--weights", default=None, type=PathArg("exists"),
                    help="with --eval-only: the detectron2 model file to evaluate")
-    p.add_argument("--crash-after-iter", type=Number(int, 1), default=None, help=argparse.SUPPRESS)
     _common_args(p)
     p.set_defaults(func=_train_handler)
 
     p = sub.add_parser("eval", help="evaluate a detectron2 model file (ours or a published ViTDet .pkl/.pth) "
                                     "on a COCO-layout folder")
-    p.add_argument("--weights", required=True, type=PathArg("exists"),
+    p.add_argument("--checkpoint", "--weights", required=True, type=PathArg("exists"),
                    help="model_final.pth of a run, or a published ViTDet model file")
     _common_args(p)
     p.set_defaults(func=_eval_handler)

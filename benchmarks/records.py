@@ -51,6 +51,24 @@ def make_record(*, task: str, dataset: str, init: str, arch: str, metrics: dict,
     return record
 
 
+def record_from_result(result, *, dataset: str, init: str, **fields) -> dict:
+    """The one translation of an engine's `RunResult` (mae_core/result.py) into a run record; `fields` add or
+    override record fields (e.g. a k-NN record's task and link)."""
+    p = result.provenance
+    extra = {"mode": result.mode, "world_size": result.world_size, **result.extra}
+    if result.epochs is not None:
+        extra["epochs"] = result.epochs
+    if result.iterations is not None:
+        extra["iteration"] = result.iterations
+    if p.get("precision"):
+        extra["precision"] = p["precision"]
+    return make_record(task=result.task, dataset=dataset, init=init, arch=result.arch, metrics=result.metrics,
+                       config=result.config, checkpoint_sha256=result.measured_sha256, seed=result.seed,
+                       device=result.device, started_at=result.started_at, duration_s=result.duration_s,
+                       run_id=p.get("run_id"), git_commit=p.get("git_commit"), versions=p.get("versions"),
+                       **{**extra, **fields})
+
+
 def _check_metrics(metrics: dict, where: str = "metrics") -> None:
     for name, value in metrics.items():
         if isinstance(value, dict):

@@ -45,7 +45,7 @@ def test_missing_annotation_file_cli_exit_2(coco, tmp_path):
     # the command line turns it into exit code 2 and the message, before any model is built
     weights = tmp_path / "model.pth"  # exists: the data check comes before the model file is read
     weights.write_bytes(b"")
-    proc = subprocess.run(maet("detect", "eval", "--data-root", str(coco), "--weights", str(weights),
+    proc = subprocess.run(maet("detect", "eval", "--data-path", str(coco), "--checkpoint", str(weights),
                                "--output-dir", str(tmp_path / "out"), "--no-record"),
                           capture_output=True, text=True, env=one_thread_env(), timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]

@@ -41,11 +41,13 @@ def test_train_then_eval_on_polygons_crowds_and_id_gaps(tmp_path):
     empty = {im["id"] for im in val["images"]} - {a["image_id"] for a in val["annotations"]}
     assert empty
 
-    _run(maet("detect", "train", "--config", "tiny", "--data-root", str(coco), "--init", "scratch",
-              "--output-dir", str(out), "--max-iter", "4", "--results-dir", str(records), "--seed", "0",
+    _run(maet("detect", "train", "--config", "tiny", "--data-path", str(coco), "--init", "scratch",
+              "--output-dir", str(out), "--max-iters", "4", "--results-dir", str(records), "--seed", "0",
+              "--cfg-options", *TEST_ARCH, *EVAL))
+    _run(maet("detect", "eval", "--config", "tiny", "--data-path", str(coco),
+              "--checkpoint", str(out / "model_final.pth"),
+              "--output-dir", str(tmp_path / "eval"), "--results-dir", str(records), "--cfg-options",
               *TEST_ARCH, *EVAL))
-    _run(maet("detect", "eval", "--config", "tiny", "--data-root", str(coco), "--weights", str(out / "model_final.pth"),
-              "--output-dir", str(tmp_path / "eval"), "--results-dir", str(records), *TEST_ARCH, *EVAL))
 
     train_rec, eval_rec = [json.loads(line) for line in (records / "detection.jsonl").read_text().splitlines()]
     assert (train_rec["mode"], train_rec["iteration"], eval_rec["mode"]) == ("train", 4, "eval")

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import pickle
+import signal
 import subprocess
+import time
 
 import pytest
 
@@ -34,13 +36,18 @@ def setup(tmp_path_factory):
 
 def _train(setup, out, *extra, check=True):
     root, coco, init = setup
-    cmd = maet("detect", "train", "--data-root", str(coco), "--init", str(init), "--output-dir", str(out),
-               "--max-iter", str(ITERS), "--results-dir", str(root / "records"), "--seed", "0", *extra,
-               *TEST_ARCH, *EVAL, "train.checkpointer.period=2")
+    cmd = _train_command(setup, out, *extra)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=one_thread_env(), timeout=300)
     if check:
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
+
+
+def _train_command(setup, out, *extra):
+    root, coco, init = setup
+    return maet("detect", "train", "--data-path", str(coco), "--init", str(init), "--output-dir", str(out),
+                "--max-iters", str(ITERS), "--results-dir", str(root / "records"), "--seed", "0", *extra,
+                "--cfg-options", *TEST_ARCH, *EVAL, "train.checkpointer.period=2")
 
 
 def _predictions(out):
@@ -85,8 +92,9 @@ def test_eval_only_reproduces_the_final_evaluation(setup, uninterrupted, tmp_pat
     pkl.write_bytes(pickle.dumps({"model": {k: v.numpy() for k, v in sd.items()}, "__author__": "test"}))
     train_rec = [r for r in _records(setup) if r["output"]["dir"] == str(uninterrupted)][-1]
     for w in (weights, pkl):
-        cmd = maet("detect", "eval", "--data-root", str(coco), "--weights", str(w), "--output-dir",
-                   str(tmp_path / w.suffix[1:]), "--results-dir", str(root / "records"), *TEST_ARCH, *EVAL)
+        cmd = maet("detect", "eval", "--data-path", str(coco), "--checkpoint", str(w), "--output-dir",
+                   str(tmp_path / w.suffix[1:]), "--results-dir", str(root / "records"), "--cfg-options", *TEST_ARCH,
+                   *EVAL)
         proc = subprocess.run(cmd, capture_output=True, text=True, env=one_thread_env(), timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
         rec = _records(setup)[-1]
@@ -97,17 +105,25 @@ def test_eval_only_reproduces_the_final_evaluation(setup, uninterrupted, tmp_pat
 
 
 def test_eval_refuses_a_model_file_of_another_shape(setup, uninterrupted, tmp_path):
-    cmd = maet("detect", "eval", "--data-root", str(setup[1]), "--weights", str(uninterrupted / "model_final.pth"),
+    cmd = maet("detect", "eval", "--data-path", str(setup[1]), "--checkpoint", str(uninterrupted / "model_final.pth"),
                "--output-dir", str(tmp_path), "--no-record")  # the tiny protocol's width 192, not the run's 64
     proc = subprocess.run(cmd, capture_output=True, text=True, env=one_thread_env(), timeout=300)
     assert proc.returncode == 2 and "does not fit the config's model" in proc.stderr, proc.stderr[-2000:]
 
 
 def test_killed_run_resumes_exactly(setup, uninterrupted):
+    """SIGKILL from outside as soon as the first periodic checkpoint is on disk (the run goes on to 6 iterations
+    and a final evaluation, so it is still running), then the same command again."""
     out = setup[0] / "run_b"
-    proc = _train(setup, out, "--crash-after-iter", "3", "--no-record", check=False)
-    assert proc.returncode != 0 and not (out / "model_final.pth").exists()  # SIGKILLed after iteration 3
-    assert (out / "last_checkpoint").read_text().strip() == "model_0000003.pth"
+    proc = subprocess.Popen(_train_command(setup, out, "--no-record"), env=one_thread_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not (out / "last_checkpoint").is_file():
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (out / "model_final.pth").exists()
+    assert (out / "last_checkpoint").read_text().strip() in ("model_0000001.pth", "model_0000003.pth")
     proc = _train(setup, out, "--no-record")  # --resume is the default
     assert "resuming from" in proc.stdout + proc.stderr
     a = torch.load(uninterrupted / "model_final.pth", weights_only=True)["model"]
@@ -131,8 +147,8 @@ def test_p14_init_is_converted_on_the_way_in_and_trains(setup, tmp_path):
     """`--init` of another patch size (the ViT-H MAE's 14 for ViTDet-H's 16): resampled, noted, trained."""
     root, coco, _ = setup
     init, out = p14_encoder_file(tmp_path / "mae_pretrain_p14.pth"), tmp_path / "run"
-    cmd = maet("detect", "train", "--data-root", str(coco), "--init", str(init), "--output-dir", str(out),
-               "--max-iter", "2", "--no-record", "--seed", "0", *TEST_ARCH)
+    cmd = maet("detect", "train", "--data-path", str(coco), "--init", str(init), "--output-dir", str(out),
+               "--max-iters", "2", "--no-record", "--seed", "0", "--cfg-options", *TEST_ARCH)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=one_thread_env(), timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((out / "init_report.json").read_text())

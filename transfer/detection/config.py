@@ -12,12 +12,13 @@ from pathlib import Path
 from mae_core.errors import MAETransferError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
-PROTOCOLS = {
+PROTOCOLS = {  # the names `maet segment` gives its protocols too
     "tiny": "COCO/mask_rcnn_vitdet_tiny_synthetic.py",
-    "b": "COCO/mask_rcnn_vitdet_b_100ep.py",
-    "l": "COCO/mask_rcnn_vitdet_l_100ep.py",
-    "h": "COCO/mask_rcnn_vitdet_h_75ep.py",
+    "vit-b": "COCO/mask_rcnn_vitdet_b_100ep.py",
+    "vit-l": "COCO/mask_rcnn_vitdet_l_100ep.py",
+    "vit-h": "COCO/mask_rcnn_vitdet_h_75ep.py",
 }
+ALIASES = {"b": "vit-b", "l": "vit-l", "h": "vit-h"}  # the names of earlier versions
 
 
 class DetectionConfigError(MAETransferError):
@@ -25,7 +26,8 @@ class DetectionConfigError(MAETransferError):
 
 
 def config_file(name: str) -> Path:
-    """Path of a protocol (`tiny`, `b`, `l`, `h`) or of a user's own LazyConfig file."""
+    """Path of a protocol (`tiny`, `vit-b`, `vit-l`, `vit-h`) or of a user's own LazyConfig file."""
+    name = ALIASES.get(name, name)
     if name in PROTOCOLS:
         return CONFIG_DIR / PROTOCOLS[name]
     path = Path(name)

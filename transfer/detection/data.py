@@ -82,16 +82,24 @@ def check_split(root: str | Path, split: str, num_classes: int | None = None) ->
     if unknown:
         raise ClassCountMismatchError(f"{json_file}: annotations use category ids {unknown[:10]} that 'categories' "
                                       "does not list")
-    if num_classes is not None and len(cats) != num_classes:
-        raise ClassCountMismatchError(
-            f"{json_file} has {len(cats)} categories (ids {[c['id'] for c in cats][:12]}"
-            f"{' ...' if len(cats) > 12 else ''}) but the config's model predicts {num_classes} classes. "
-            f"Override it: model.roi_heads.num_classes={len(cats)}, or use the matching data set")
     uses_rle = any(isinstance(a.get("segmentation"), dict) for a in coco.dataset["annotations"]
                    if not a.get("iscrowd", 0))
-    return CocoSplit(name=dataset_name(json_file, image_root), json_file=json_file, image_root=image_root,
-                     num_images=len(images), num_annotations=len(coco.dataset["annotations"]), categories=cats,
-                     uses_rle=uses_rle)
+    checked = CocoSplit(name=dataset_name(json_file, image_root), json_file=json_file, image_root=image_root,
+                        num_images=len(images), num_annotations=len(coco.dataset["annotations"]), categories=cats,
+                        uses_rle=uses_rle)
+    if num_classes is not None:
+        check_class_count(checked, num_classes)
+    return checked
+
+
+def check_class_count(split: CocoSplit, num_classes: int) -> None:
+    """The split's categories against the model's class count (known once the config is loaded)."""
+    cats = split.categories
+    if len(cats) != num_classes:
+        raise ClassCountMismatchError(
+            f"{split.json_file} has {len(cats)} categories (ids {[c['id'] for c in cats][:12]}"
+            f"{' ...' if len(cats) > 12 else ''}) but the config's model predicts {num_classes} classes. "
+            f"Override it: model.roi_heads.num_classes={len(cats)}, or use the matching data set")
 
 
 def dataset_name(json_file: Path, image_root: Path) -> str:

@@ -5,23 +5,22 @@ engine detectron2 users already run: one process per GPU (or CPU process, with g
 machines via `--num-machines/--machine-rank/--dist-url`. Each process then does what
 lazyconfig_train_net's `do_train` / `do_test` do (same trainer, hooks, checkpointer, writers), with
 four additions: the COCO root is checked and registered (data.py), `--init` is mapped into the
-backbone with a report (weights.py), `ResumeState` makes resume exact (resume.py), and rank 0 writes
-its evaluations to a callback (`maet detect` writes a run record from each).
+backbone with a report (weights.py), `ResumeState` makes resume exact (resume.py), and the run returns
+a `RunResult` holding every evaluation (`maet detect` writes a run record from each). Under `launch` the
+processes are children: rank 0 leaves the result in `<output_dir>/run_result.json`, which `run` reads back.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import signal
-from collections.abc import Callable
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from detectron2.config import LazyCall as L
 from detectron2.config import instantiate
-from detectron2.engine import AMPTrainer, HookBase, SimpleTrainer, default_setup, hooks, launch
+from detectron2.engine import AMPTrainer, SimpleTrainer, default_setup, hooks, launch
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
@@ -29,14 +28,16 @@ from detectron2.utils.events import CommonMetricPrinter, JSONWriter
 
 from mae_core.checkpoints import sha256_file
 from mae_core.errors import MAETransferError
+from mae_core.provenance import now_iso
+from mae_core.result import RunResult
 from mae_core.train.distributed import device_type
 from mae_core.train.evaluate import arch_name
 from transfer.encoder_init import read_encoder
 
 from .checkpoint import SafeDetectionCheckpointer, model_state
 from .config import backbone_summary, config_file, load_config, set_max_iter
-from .data import check_split, register
-from .evaluator import COCOEvaluator12
+from .data import CocoSplit, check_class_count, check_split, register
+from .evaluator import COCOEvaluator12, record_metrics
 from .resume import ResumableTrainingSampler, ResumeState
 from .weights import check_architecture, load_encoder, pretrain_img_size
 
@@ -62,17 +63,25 @@ class DetectionJob:
     num_machines: int = 1
     machine_rank: int = 0
     dist_url: str = "auto"
-    on_evaluation: Callable | None = None  # called on rank 0 as f(job, evaluation) after every evaluation
-    record_meta: dict = field(default_factory=dict)  # what the caller wants back in its callback (names, times)
-    crash_after_iter: int | None = None  # tests: SIGKILL the run after this iteration (a killed job)
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["on_evaluation"] = getattr(self.on_evaluation, "__qualname__", None)
-        return d
+        return asdict(self)
 
 
-def build_config(job: DetectionJob):
+RESULT_FILE = "run_result.json"
+NO_GROUND_TRUTH = ("pycocotools gives -1 (detectron2: NaN) where a sub-metric has no ground truth, e.g. APs/ARs on a "
+                   "set without small objects; such entries are left out")
+
+
+def check_data(job: DetectionJob) -> dict[str, CocoSplit]:
+    """The COCO splits the run reads, checked once (before any process is spawned)."""
+    splits = {"val": check_split(job.data_root, "val")}
+    if not job.eval_only:
+        splits["train"] = check_split(job.data_root, "train")
+    return splits
+
+
+def build_config(job: DetectionJob, splits: dict[str, CocoSplit] | None = None):
     """The LazyConfig of this run: protocol + overrides + data + device, and the checked `--init`."""
     cfg = load_config(job.config, job.overrides)
     if job.max_iter:
@@ -86,13 +95,16 @@ def build_config(job: DetectionJob):
     cfg.train.ddp.fp16_compression = bool(cfg.train.ddp.fp16_compression) and on_cuda
 
     num_classes = cfg.model.roi_heads.num_classes
-    val = check_split(job.data_root, "val", num_classes)
+    splits = splits or check_data(job)
+    for split in splits.values():
+        check_class_count(split, num_classes)
+    val = splits["val"]
     cfg.dataloader.test.dataset.names = register(val)
     cfg.dataloader.evaluator = L(COCOEvaluator12)(dataset_name=val.name,
                                                   output_dir=str(Path(job.output_dir) / "inference"))
     uses_rle = val.uses_rle
     if not job.eval_only:
-        train = check_split(job.data_root, "train", num_classes)
+        train = splits["train"]
         if [c["id"] for c in train.categories] != [c["id"] for c in val.categories]:
             raise MAETransferError(f"train and val JSON list different category ids ({train.json_file}, "
                                    f"{val.json_file}); detectron2 maps ids to classes per file, so they must agree")
@@ -103,7 +115,7 @@ def build_config(job: DetectionJob):
 
     if job.eval_only:  # the model's pos-embed grid is the one its training started from: read it off the file
         if not job.weights or not Path(job.weights).is_file():
-            raise MAETransferError(f"--weights {job.weights!r}: no such file (a detectron2 model: model_final.pth "
+            raise MAETransferError(f"--checkpoint {job.weights!r}: no such file (a detectron2 model: model_final.pth "
                                    "of a `maet detect train` run, or a published ViTDet .pkl/.pth)")
         pos = model_state(job.weights).get("backbone.net.pos_embed")
         if pos is not None:
@@ -139,19 +151,7 @@ def _train_loader(cfg):
     return loader, sampler, spec.total_batch_size // comm.get_world_size()
 
 
-class CrashAfter(HookBase):
-    """SIGKILL this process after iteration `after_iter`: how the resume test kills a run mid-training."""
-
-    def __init__(self, after_iter: int):
-        self.after_iter = after_iter
-
-    def after_step(self):
-        if self.trainer.iter == self.after_iter:
-            logging.shutdown()
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
-def do_train(job: DetectionJob, cfg, enc) -> dict:
+def do_train(job: DetectionJob, cfg, enc) -> list[dict]:
     """lazyconfig_train_net's `do_train` with `--init` loaded first and `ResumeState` among the hooks."""
     model = instantiate(cfg.model)
     report = load_encoder(model, enc)
@@ -171,9 +171,7 @@ def do_train(job: DetectionJob, cfg, enc) -> dict:
 
     def evaluate():
         results = do_test(cfg, model)
-        evaluations.append(results)
-        report_evaluation(job, cfg, results, enc=enc, iteration=min(trainer.iter + 1, trainer.max_iter),
-                          init_report=report)
+        evaluations.append({"iteration": min(trainer.iter + 1, trainer.max_iter), "results": results})
         return results
 
     trainer.register_hooks([
@@ -181,7 +179,6 @@ def do_train(job: DetectionJob, cfg, enc) -> dict:
         hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
         ResumeState(sampler, images_per_rank),
         hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
-        CrashAfter(job.crash_after_iter) if job.crash_after_iter is not None else None,
         hooks.EvalHook(cfg.train.eval_period, evaluate),
         hooks.PeriodicWriter([CommonMetricPrinter(cfg.train.max_iter),
                               JSONWriter(str(Path(cfg.train.output_dir) / "metrics.json"))],
@@ -193,42 +190,51 @@ def do_train(job: DetectionJob, cfg, enc) -> dict:
     if start_iter:
         logger.info(f"resuming from {checkpointer.get_checkpoint_file()} at iteration {start_iter}")
     trainer.train(start_iter, cfg.train.max_iter)
-    return evaluations[-1] if evaluations else {}
+    for e in evaluations:
+        e["init_report"] = report.to_dict()
+    return evaluations
 
 
-def do_eval(job: DetectionJob, cfg) -> dict:
+def do_eval(job: DetectionJob, cfg) -> list[dict]:
     """lazyconfig_train_net's `--eval-only`, loading the model file safely and strictly."""
     model = instantiate(cfg.model)
     model.to(cfg.train.device)
     model = create_ddp_model(model, **_ddp_kwargs(cfg, {}))
     SafeDetectionCheckpointer(model, strict=True).load(job.weights)
     model.eval()
-    results = do_test(cfg, model)
-    report_evaluation(job, cfg, results, enc=None, iteration=None, init_report=None)
-    return results
+    return [{"iteration": None, "results": do_test(cfg, model), "init_report": None}]
 
 
-def report_evaluation(job: DetectionJob, cfg, results: dict, *, enc, iteration, init_report) -> None:
-    """Rank 0 hands every evaluation to `job.on_evaluation` (`maet detect` writes a run record from it)."""
-    if job.on_evaluation is None or not comm.is_main_process():
-        return
+def _result(job: DetectionJob, cfg, enc, evaluations: list[dict], started_at: str, t0: float) -> RunResult:
+    """Every evaluation as record-ready metrics; the last one is the headline."""
+    for e in evaluations:
+        e["metrics"], e["dropped_metrics"] = record_metrics(e.pop("results"))
+    last = evaluations[-1] if evaluations else {"metrics": {}, "dropped_metrics": [], "iteration": None}
     net = cfg.model.backbone.net
-    job.on_evaluation(job, {
-        "results": results, "iteration": iteration, "protocol": backbone_summary(cfg),
-        "arch": arch_name({"embed_dim": net.embed_dim, "depth": net.depth, "patch_size": net.patch_size})
-        + "_vitdet_mask_rcnn",
-        "checkpoint_sha256": sha256_file(job.weights) if job.eval_only else (enc.sha256 if enc else None),
-        "seed": cfg.train.get("seed"), "device": cfg.train.device, "world_size": comm.get_world_size(),
-        "init_report": init_report.to_dict() if init_report else None})
+    arch = arch_name({"embed_dim": net.embed_dim, "depth": net.depth, "patch_size": net.patch_size})
+    return RunResult(
+        task="detection", metrics=last["metrics"], arch=arch + "_vitdet_mask_rcnn",
+        config={"job": job.to_dict(), "protocol": backbone_summary(cfg)},
+        checkpoint=job.weights if job.eval_only else str(Path(job.output_dir) / "model_final.pth"),
+        seed=cfg.train.get("seed"), duration_s=round(time.time() - t0, 3), iterations=last["iteration"],
+        mode="eval" if job.eval_only else "train",
+        measured_sha256=sha256_file(job.weights) if job.eval_only else (enc.sha256 if enc else None),
+        device=cfg.train.device, world_size=comm.get_world_size(), started_at=started_at,
+        extra={"evaluations": evaluations, "output": {"dir": job.output_dir, "weights": job.weights}})
 
 
-def main(job: DetectionJob) -> dict:
-    """Body of every launched process (lazyconfig_train_net's `main`)."""
-    cfg, enc = build_config(job)
+def main(job: DetectionJob, splits: dict[str, CocoSplit] | None = None) -> RunResult | None:
+    """Body of every launched process (lazyconfig_train_net's `main`); rank 0 returns the result and leaves it
+    in the output folder."""
+    started_at, t0 = now_iso(), time.time()
+    cfg, enc = build_config(job, splits)
     default_setup(cfg, _SetupArgs(job))
-    if job.eval_only:
-        return do_eval(job, cfg)
-    return do_train(job, cfg, enc)
+    evaluations = do_eval(job, cfg) if job.eval_only else do_train(job, cfg, enc)
+    if not comm.is_main_process():
+        return None
+    result = _result(job, cfg, enc, evaluations, started_at, t0)
+    Path(job.output_dir, RESULT_FILE).write_text(json.dumps(result.to_dict(), default=str))
+    return result
 
 
 @dataclass
@@ -249,17 +255,16 @@ class _SetupArgs:
         return json.dumps(self.job.to_dict(), default=str)
 
 
-def run(job: DetectionJob) -> dict | None:
-    """Launch `main` on `num_processes` x `num_machines` processes (detectron2's `launch`); returns the last
-    evaluation's results when everything ran in this process."""
-
-
-    # Fail on bad input here, once, before any process is spawned.
-    check_split(job.data_root, "val")
-    if not job.eval_only:
-        check_split(job.data_root, "train")
+def run(job: DetectionJob) -> RunResult | None:
+    """Launch `main` on `num_processes` x `num_machines` processes (detectron2's `launch`); returns rank 0's
+    result (None on the other machines of a multi-machine run)."""
+    splits = check_data(job)  # bad input fails here, once, before any process is spawned
     if job.num_processes * job.num_machines == 1:
-        return main(job)
+        return main(job, splits)
+    result_file = Path(job.output_dir, RESULT_FILE)
+    result_file.unlink(missing_ok=True)
     launch(main, job.num_processes, num_machines=job.num_machines, machine_rank=job.machine_rank,
-           dist_url=job.dist_url, args=(job,))
-    return None
+           dist_url=job.dist_url, args=(job, splits))
+    if job.machine_rank != 0 or not result_file.is_file():
+        return None
+    return RunResult.from_dict(json.loads(result_file.read_text()))
