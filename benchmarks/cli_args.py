@@ -93,6 +93,19 @@ class ProtocolArg:
         return f"ProtocolArg({self.names})"
 
 
+class CfgOptions(argparse.Action):
+    """`--cfg-options KEY=VALUE ...` parsed by mmengine's own `DictAction` (lists, tuples, numbers, booleans),
+    imported only when the option is given: mmengine is the segmentation extra, and `--help` stays light."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        bad = [v for v in values if "=" not in v]
+        if bad:
+            raise argparse.ArgumentError(self, f"takes KEY=VALUE pairs, got {bad}")
+        from mmengine.config import DictAction
+
+        DictAction(self.option_strings, self.dest)(parser, namespace, values, option_string)
+
+
 def _check_creatable(p: Path) -> None:
     if p.exists():
         if not p.is_dir():

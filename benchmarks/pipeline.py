@@ -54,15 +54,11 @@ from .pipeline_config import (
 
 STAGE_DONE = "stage.json"
 STAGE_LOG = "stage.log"  # a stage's output when stages run in parallel (`jobs` > 1)
-# What each task's command is, the data root it reads and the flag that names it, and its output-folder
-# flag. Every engine resumes from its own folder: the classification ones and `detect` by default,
-# `segment` with --resume (it starts from --init while its work dir holds no checkpoint).
-COMMANDS = {"pretrain": (["pretrain"], "pretrain", "--data-path", ["--output-dir"]),
-            "supervised": (["finetune"], "pretrain", "--data-path", ["--output-dir"]),
-            "finetune": (["finetune"], "imagenet", "--data-path", ["--output-dir"]),
-            "linprobe": (["linprobe"], "imagenet", "--data-path", ["--output-dir"]),
-            "detection": (["detect", "train"], "coco", "--data-root", ["--output-dir"]),
-            "segmentation": (["segment", "train"], "ade20k", "--data-root", ["--resume", "--work-dir"])}
+# What each task's command is and which data root it reads. Every training command takes the same flags
+# (README, "Flags of the training commands"): --data-path, --output-dir (which also resumes a killed stage), ...
+COMMANDS = {"pretrain": (["pretrain"], "pretrain"), "supervised": (["finetune"], "pretrain"),
+            "finetune": (["finetune"], "imagenet"), "linprobe": (["linprobe"], "imagenet"),
+            "detection": (["detect", "train"], "coco"), "segmentation": (["segment", "train"], "ade20k")}
 PRODUCES = {"pretrain": "mae_pretrain.pth", "supervised": "finetuned.pth"}  # checkpoints later stages start from
 # Which ready stage starts first when stages run in parallel: the ones others wait on, then the transfer tasks
 # from the longest to the shortest, so that the short ones fill the gaps at the end (in the plan's order the
@@ -93,24 +89,19 @@ class Stage:
 
 def flags(options: dict) -> list[str]:
     """A dict of options as maet flags: `blr: 1e-3` -> `--blr 1e-3`; bools -> --x / --no-x; dicts -> JSON;
-    lists -> several values.
-
-    `opts` (a list) is passed through last, as the key=value overrides of `maet detect/segment`.
-    """
+    lists -> several values (`cfg_options`, the KEY=VALUE overrides of `maet detect/segment`, go last)."""
     argv = []
-    for key, value in options.items():
-        if key == "opts":
-            continue
+    for key, value in sorted(options.items(), key=lambda kv: isinstance(kv[1], list)):
         flag = "--" + key.replace("_", "-")
         if isinstance(value, bool):
             argv.append(flag if value else "--no-" + key.replace("_", "-"))
         elif isinstance(value, dict):
             argv += [flag, json.dumps(value, sort_keys=True)]
-        elif isinstance(value, list):  # nargs="+" options, e.g. segment's --cfg-options
+        elif isinstance(value, list):  # nargs="+" options, e.g. --cfg-options
             argv += [flag, *map(str, value)]
         elif value is not None:
             argv += [flag, str(value)]
-    return argv + [str(o) for o in options.get("opts", [])]
+    return argv
 
 
 def plan(cfg: dict, roots: dict[str, Path], out: Path) -> list[Stage]:
@@ -155,8 +146,9 @@ def plan(cfg: dict, roots: dict[str, Path], out: Path) -> list[Stage]:
 
 
 def _stage(name, task, roots, options, extra, inputs=()) -> Stage:
-    _, root, flag, _ = COMMANDS[task]  # flags(options) last: it ends with the key=value overrides
-    return Stage(name=name, task=task, argv=[flag, str(roots[root]), *extra, *flags(options)], inputs=list(inputs))
+    _, root = COMMANDS[task]  # flags(options) last: it ends with the key=value overrides
+    return Stage(name=name, task=task, argv=["--data-path", str(roots[root]), *extra, *flags(options)],
+                 inputs=list(inputs))
 
 
 def _init_checkpoint(cfg, stages, init, source) -> tuple[str, list[str]]:
@@ -189,8 +181,8 @@ def _protocol_files(stage: Stage) -> dict[str, str]:
 def resolve(stage: Stage, stages: dict[str, Stage]) -> list[str]:
     """The full maet command: `@stage` inputs replaced by that stage's checkpoint, the output folder added."""
     argv = [str(stages[a[1:]].checkpoint) if a.startswith("@") else a for a in stage.argv]
-    command, _, _, output = COMMANDS[stage.task]
-    return [*command, *output, str(stage.folder), *argv]
+    command, _ = COMMANDS[stage.task]
+    return [*command, "--output-dir", str(stage.folder), *argv]
 
 
 def select(stages: list[Stage], only: list[str], skip: list[str]) -> list[Stage]:

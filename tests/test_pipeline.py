@@ -89,7 +89,7 @@ def test_an_edited_protocol_file_rekeys_the_stages_that_use_it(tmp_path, monkeyp
     folder.mkdir()
     (folder / "tiny.py").write_text("lr = 1e-3\n")
     monkeypatch.setitem(pipeline.PROTOCOL_DIRS, "detection", folder)
-    cfg = config(tmp_path, detection={"config": "tiny", "max_iter": 1, "inits": ["scratch"]})
+    cfg = config(tmp_path, detection={"config": "tiny", "max_iters": 1, "inits": ["scratch"]})
 
     def keys() -> dict[str, str]:
         return {s.name: s.key for s in planned(cfg, tmp_path / "out")}
@@ -202,7 +202,7 @@ def test_shipped_published_configs_plan_and_refuse_without_data(name, tmp_path):
         run_pipeline(path)
 
 
-def test_transfer_stages_use_each_engine_own_flags(tmp_path):
+def test_transfer_stages_use_the_one_flag_vocabulary(tmp_path):
     path = Path(__file__).resolve().parents[1] / "pipelines" / "published_vit_b.yaml"
     cfg = load_config(path)
     stages = {s.name: s for s in planned(cfg, tmp_path)}
@@ -212,10 +212,11 @@ def test_transfer_stages_use_each_engine_own_flags(tmp_path):
     det_argv, seg_argv = resolve(det, stages), resolve(seg, stages)
     assert det_argv[:4] == ["detect", "train", "--output-dir", str(det.folder)]
     assert det_argv[det_argv.index("--init") + 1] == str(stages["pretrain"].checkpoint)
-    assert {"--config", "b", "--num-processes", "8", "--protocol", "published-vit-b"} <= set(det_argv)
-    assert seg_argv[:5] == ["segment", "train", "--resume", "--work-dir", str(seg.folder)]
+    assert {"--config", "vit-b", "--num-processes", "8", "--protocol", "published-vit-b"} <= set(det_argv)
+    assert seg_argv[:4] == ["segment", "train", "--output-dir", str(seg.folder)]
     assert seg_argv[seg_argv.index("--init") + 1] == str(stages["supervised"].checkpoint)
-    assert "--amp" in seg_argv and seg_argv[seg_argv.index("--data-root") + 1] == "/datasets/ade20k"
+    assert "--amp" in seg_argv and seg_argv[seg_argv.index("--data-path") + 1] == "/datasets/ade20k"
+    assert det_argv[det_argv.index("--data-path") + 1] == "/datasets/coco"
     # torchrun starts the torchrun engines; detectron2 starts its own processes
     assert launch_command(seg, cfg["launcher"])[:3] == ["torchrun", "--nproc_per_node", "8"]
     assert launch_command(det, cfg["launcher"])[1:] == ["-m", "benchmarks.cli"]

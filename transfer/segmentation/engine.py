@@ -23,9 +23,10 @@ from pathlib import Path
 
 import torch
 
-from mae_core.checkpoints import load_file, save_atomic
+from mae_core.checkpoints import load_file, save_atomic, sha256_file
 from mae_core.errors import ArchitectureMismatchError, CheckpointFormatError, ClassCountMismatchError, MAETransferError
 from mae_core.provenance import now_iso
+from mae_core.result import RunResult
 from mae_core.vit import arch_for_width_depth
 from transfer.encoder_init import EncoderInit, read_encoder
 
@@ -175,6 +176,9 @@ class RunSetup:
     report: LoadReport | None = None
     resumed_from: str | None = None
     summary: dict = field(default_factory=dict)
+    config: str = ""  # --config as given
+    cfg_options: dict | None = None
+    init_arg: str | None = None  # --init as given
 
 
 def prepare(config: str | Path, *, data_root: str | Path, work_dir: str | Path, num_classes: int | None = None,
@@ -207,7 +211,8 @@ def prepare(config: str | Path, *, data_root: str | Path, work_dir: str | Path, 
     cfg.launcher = launcher
     cfg.custom_hooks = [*cfg.get("custom_hooks", []), dict(type="StepSeedHook"), dict(type="MetricsHistoryHook")]
     adapt_to_device(cfg, launcher != "none", amp)
-    return RunSetup(cfg=cfg, data_root=root, classes=classes, summary=summary)
+    return RunSetup(cfg=cfg, data_root=root, classes=classes, summary=summary, config=str(config),
+                    cfg_options=cfg_options)
 
 
 def attach_init(setup: RunSetup, init: str | Path, resume: bool) -> None:
@@ -216,7 +221,7 @@ def attach_init(setup: RunSetup, init: str | Path, resume: bool) -> None:
 
     cfg, work_dir = setup.cfg, Path(setup.cfg.work_dir)
     last = find_latest_checkpoint(str(work_dir)) if resume and work_dir.is_dir() else None
-    setup.init = read_encoder(init)
+    setup.init, setup.init_arg = read_encoder(init), str(init)
     if last:
         cfg.resume, cfg.load_from, setup.resumed_from = True, last, last
         return
@@ -278,19 +283,6 @@ def _barrier() -> None:
 
 
 # ----------------------------------------------------------------------------- train / eval
-@dataclass
-class RunResult:
-    metrics: dict
-    history: list[dict]
-    work_dir: Path
-    segmentor: Path | None
-    is_main: bool
-    started_at: str
-    duration_s: float
-    device: str
-    world_size: int
-
-
 def _history_hook(runner):
     return next(h for h in runner.hooks if type(h).__name__ == "MetricsHistoryHook")
 
@@ -324,9 +316,12 @@ def train(setup: RunSetup) -> RunResult:
         save_atomic({"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                      "meta": {"classes": list(setup.classes), "iter": int(runner.iter),
                               "arch": arch_name(setup.cfg), "init": setup.init.name if setup.init else None}}, out)
-    return RunResult(metrics=_summary_metrics(history[-1]), history=history, work_dir=Path(setup.cfg.work_dir),
-                     segmentor=out, is_main=main, started_at=started, duration_s=time.perf_counter() - t0,
-                     device=_device(), world_size=get_world_size())
+    return RunResult(task="segmentation", metrics=_summary_metrics(history[-1]), arch=arch_name(setup.cfg),
+                     config=run_config(setup), checkpoint=str(out), seed=setup.cfg.randomness["seed"],
+                     duration_s=round(time.perf_counter() - t0, 3), iterations=int(runner.iter), is_main=main,
+                     measured_sha256=setup.init.sha256 if setup.init else None, device=_device(),
+                     world_size=get_world_size(), started_at=started,
+                     extra={"history": history, "output": {"checkpoint": str(out)}})
 
 
 def read_segmentor(path: str | Path) -> dict:
@@ -356,9 +351,24 @@ def evaluate(setup: RunSetup, checkpoint: str | Path) -> RunResult:
     setup.cfg.load_from = str(Path(checkpoint).resolve())
     runner = _runner(setup.cfg)
     metrics = runner.test()
-    return RunResult(metrics=_summary_metrics(metrics), history=[], work_dir=Path(setup.cfg.work_dir), segmentor=None,
-                     is_main=is_main_process(), started_at=started, duration_s=time.perf_counter() - t0,
-                     device=_device(), world_size=get_world_size())
+    return RunResult(task="segmentation", metrics=_summary_metrics(metrics), arch=arch_name(setup.cfg),
+                     config={**run_config(setup), "checkpoint": str(checkpoint)}, checkpoint=str(checkpoint),
+                     duration_s=round(time.perf_counter() - t0, 3), is_main=is_main_process(), mode="eval",
+                     measured_sha256=sha256_file(checkpoint), device=_device(), world_size=get_world_size(),
+                     started_at=started, extra={"segmentor_meta": obj.get("meta", {})})
+
+
+def run_config(setup: RunSetup) -> dict:
+    """What a run record says about the config: the protocol's values that decide the numbers."""
+    cfg = setup.cfg
+    return {"config": str(setup.config), "cfg_options": setup.cfg_options, "work_dir": cfg.work_dir,
+            "data_root": str(setup.data_root), "num_classes": len(setup.classes),
+            "crop_size": list(cfg.model.data_preprocessor.get("size") or []),
+            "max_iters": cfg.train_cfg.max_iters, "batch_size_per_process": cfg.train_dataloader.batch_size,
+            "optimizer": cfg.optim_wrapper.optimizer.to_dict(),
+            "paramwise_cfg": cfg.optim_wrapper.paramwise_cfg.to_dict(),
+            "test_cfg": cfg.model.test_cfg.to_dict(), "images": setup.summary, "init": setup.init_arg,
+            "resumed_from": setup.resumed_from, "init_load": setup.report.compact() if setup.report else None}
 
 
 def _summary_metrics(metrics: dict) -> dict:
