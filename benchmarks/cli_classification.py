@@ -52,7 +52,7 @@ def _write(args, record: dict) -> dict:
 
 def _train_handler(task: str):
     def handler(args) -> dict | None:
-        from mae_core.checkpoints import sha256_file
+        from mae_core.ckpt_io import sha256_file
 
         from .cli_args import dataclass_from_args
 

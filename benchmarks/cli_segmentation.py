@@ -94,7 +94,7 @@ def _train(args) -> dict | None:
 
 
 def _eval(args) -> dict | None:
-    from mae_core.checkpoints import sha256_file
+    from mae_core.ckpt_io import sha256_file
     from transfer.segmentation import engine
 
     launcher = engine.resolve_launcher(args.launcher)

@@ -22,16 +22,10 @@ from safetensors.torch import save_file
 from timm.models.vision_transformer import VisionTransformer
 
 from benchmarks.cli import main
-from mae_core.checkpoints import (
-    FORMATS,
-    build_mae_from_checkpoint,
-    export_hf,
-    export_timm,
-    load_encoder_weights,
-    save_ours,
-)
+from mae_core.checkpoints import build_mae_from_checkpoint, load_encoder_weights
 from mae_core.errors import ArchitectureMismatchError, CheckpointFormatError
-from mae_core.formats import DECODER_PREFIXES, apply_preset, from_module, sniff
+from mae_core.export import export_hf, export_timm, save_ours
+from mae_core.formats import DECODER_PREFIXES, FORMATS, apply_preset, from_module, sniff
 from mae_core.mae import MaskedAutoencoder
 from mae_core.vit import resize_pos_embed
 

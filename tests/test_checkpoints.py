@@ -12,16 +12,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mae_core.checkpoints import (
-    build_mae_from_checkpoint,
-    infer_mae_kwargs,
-    load_file,
-    load_mae_weights,
-    mae_state_dict,
-    save_atomic,
-    save_mae_checkpoint,
-)
+from mae_core.checkpoints import build_mae_from_checkpoint, load_mae_weights, save_mae_checkpoint
+from mae_core.ckpt_io import load_file, save_atomic
 from mae_core.errors import ArchitectureMismatchError, CheckpointFormatError, MAETransferError
+from mae_core.infer import infer_mae_kwargs, mae_state_dict
 from mae_core.mae import MaskedAutoencoder
 from mae_core.vit import resize_pos_embed, sincos_pos_embed_2d
 

@@ -20,7 +20,12 @@ from mae_core.vit import resize_pos_embed  # noqa: E402
 from transfer.encoder_init import read_encoder  # noqa: E402
 from transfer.segmentation import engine, resume  # noqa: E402
 from transfer.segmentation.data import LabelRangeError, check_ade20k  # noqa: E402
-from transfer.segmentation.weights import check_arch, convert_for_backbone, resize_rel_pos_bias  # noqa: E402
+from transfer.segmentation.weights import (  # noqa: E402
+    check_arch,
+    convert_for_backbone,
+    resize_rel_pos_bias,
+    unexpected_new,
+)
 
 SMALL = dict(patch_size=8, embed_dim=64, depth=4, num_heads=4, decoder_embed_dim=32, decoder_depth=1,
              decoder_num_heads=4)
@@ -133,8 +138,8 @@ def test_every_encoder_tensor_arrives_and_features_equal_ours():
     target = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
     sd, report = convert_for_backbone(init_encoder, target, not_encoder=["mask_token"], window=backbone.patch_shape)
 
-    assert report.unused == ["mask_token", "norm.bias", "norm.weight"]  # final norm: features come from inside
-    assert not report.unexpected_new and not report.resized
+    assert list(report.unused) == ["mask_token", "norm.bias", "norm.weight"]  # final norm: features come from inside
+    assert all(report.unused.values()) and not unexpected_new(report) and not report.resized
     assert {k.rsplit(".", 1)[-1] for k in report.new} == {"gamma_1", "gamma_2", "relative_position_bias_table"}
     assert len(report.loaded) == len(init_encoder) - 2
     missing, unexpected = backbone.load_state_dict({k[len("backbone."):]: v for k, v in sd.items()}, strict=False)

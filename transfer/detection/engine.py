@@ -27,10 +27,10 @@ from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.events import CommonMetricPrinter, JSONWriter
 
-from mae_core.checkpoints import sha256_file
+from mae_core.ckpt_io import sha256_file
 from mae_core.errors import MAETransferError
+from mae_core.models_vit import arch_name
 from mae_core.train.distributed import device_type
-from mae_core.train.evaluate import arch_name
 from transfer.encoder_init import read_encoder
 
 from .checkpoint import SafeDetectionCheckpointer, model_state
@@ -157,7 +157,7 @@ def do_train(job: DetectionJob, cfg, enc) -> dict:
     report = load_encoder(model, enc)
     logger.info(report.summary())
     if comm.is_main_process():
-        Path(cfg.train.output_dir, "init_report.json").write_text(json.dumps(report.to_dict(), indent=1))
+        report.write(cfg.train.output_dir)
     model.to(cfg.train.device)
 
     cfg.optimizer.params.model = model
@@ -219,7 +219,7 @@ def report_evaluation(job: DetectionJob, cfg, results: dict, *, enc, iteration, 
         + "_vitdet_mask_rcnn",
         "checkpoint_sha256": sha256_file(job.weights) if job.eval_only else (enc.sha256 if enc else None),
         "seed": cfg.train.get("seed"), "device": cfg.train.device, "world_size": comm.get_world_size(),
-        "init_report": init_report.to_dict() if init_report else None})
+        "init_report": init_report.compact() if init_report else None})
 
 
 def main(job: DetectionJob) -> dict:
