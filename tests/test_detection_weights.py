@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 pytest.importorskip("detectron2")
 
 import torch  # noqa: E402
 
-from mae_core.checkpoints import save_mae_checkpoint  # noqa: E402
+from mae_core.checkpoints import LoadReport, save_mae_checkpoint  # noqa: E402
+from mae_core.ckpt_io import sha256_file  # noqa: E402
 from mae_core.errors import ArchitectureMismatchError  # noqa: E402
 from mae_core.export import export_hf, export_timm  # noqa: E402
 from mae_core.mae import MaskedAutoencoder, create_mae  # noqa: E402
@@ -73,7 +76,7 @@ def _check_every_tensor_arrives(enc, model, report):
     assert any(k.startswith("backbone.simfp_") for k in new) and any(k.startswith("roi_heads.") for k in new)
 
 
-def test_mae_checkpoint_every_encoder_tensor_arrives(mae_file, one_thread):
+def test_mae_checkpoint_every_encoder_tensor_arrives(mae_file, one_thread, tmp_path):
     enc = read_encoder(mae_file)
     model = _model_for(enc)
     report = load_encoder(model, enc)
@@ -88,6 +91,13 @@ def test_mae_checkpoint_every_encoder_tensor_arrives(mae_file, one_thread):
         feats = model.backbone(torch.zeros(1, 3, 128, 128))
     assert feats["p3"].shape[-2:] == (16, 16)
     assert f"{len(report.loaded)} encoder tensors loaded" in report.summary()
+    # the report shared with segmentation, written the same way
+    assert isinstance(report, LoadReport)
+    written = json.loads(report.write(tmp_path).read_text())
+    assert written == {"init": "mae.pth", "sha256": sha256_file(mae_file), "loaded": report.loaded,
+                       "new": report.new, "unused": report.unused, "resized": {}, "notes": []}
+    assert written["loaded"]["blocks.1.attn.qkv.weight"] == "backbone.net.blocks.1.attn.qkv.weight"
+    assert "backbone.net.blocks.*.attn.rel_pos_h (2)" in report.summary()
 
 
 @pytest.mark.parametrize("fmt", ["timm", "hf"])
