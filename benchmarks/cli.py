@@ -46,8 +46,8 @@ def _cmd_demo(args) -> None:
 
 
 def _cmd_inspect(args) -> None:
-    from mae_core.checkpoints import FORMATS, sha256_file
-    from mae_core.formats import sniff
+    from mae_core.ckpt_io import sha256_file
+    from mae_core.formats import FORMATS, sniff
 
     info = sniff(args.path)
     a = info.arch
@@ -72,7 +72,7 @@ def _cmd_inspect(args) -> None:
 
 
 def _cmd_convert(args) -> None:
-    from mae_core.checkpoints import export_hf, export_timm, save_ours
+    from mae_core.export import export_hf, export_timm, save_ours
     from mae_core.formats import apply_preset, sniff
     from mae_core.resample import resample_patch_size
     from mae_core.target import with_target

@@ -19,7 +19,7 @@ from .records import make_record
 
 def _train_handler(task: str):
     def handler(args) -> dict | None:
-        from mae_core.checkpoints import sha256_file
+        from mae_core.ckpt_io import sha256_file
 
         from .cli_args import dataclass_from_args
 

@@ -36,7 +36,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mae_core.checkpoints import sha256_file
+from mae_core.ckpt_io import sha256_file
 from mae_core.errors import DatasetLayoutError
 from transfer.detection.config import CONFIG_DIR as DETECTION_CONFIGS
 from transfer.segmentation import CONFIG_DIR as SEGMENTATION_CONFIGS

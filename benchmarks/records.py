@@ -1,4 +1,4 @@
-"""Run records: one JSON object per line in `results/runs/<task>.jsonl` (the DESIGN.md contract).
+"""Run records: one JSON object per line in `results/runs/<task>.jsonl` (the docs/design.md contract).
 
 Tables are computed from records, never typed by hand, so a record carries what a table groups by
 (`task`, `dataset`, `init`, `arch`), the numbers (`metrics`, with the evaluator's own sub-metrics)

@@ -1,8 +1,8 @@
 """Every checkpoint format users bring, told apart by content and read into one shape.
 
 Each reader ends in a `CheckpointInfo` whose state dict has the official MAE / timm key names
-(DESIGN.md contract), so one loader (`checkpoints.load_official_weights`) serves every format and
-the writers (`checkpoints.save_ours / export_hf / export_timm`) start from one layout. Formats are
+(docs/design.md, "Checkpoints on disk"), so one loader (`checkpoints.load_official_weights`) serves
+every format and the writers (`export.save_ours / export_hf / export_timm`) start from one layout. Formats are
 told apart by what the file holds, never by its name: official files and timm state dicts share key
 names and differ only in the `{'model': ...}` wrapper; Hugging Face folders are recognised by
 config.json and verified by their keys.
@@ -19,26 +19,19 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .checkpoints import FORMATS, KNOWN_FORMATS, guess_heads, infer_mae_kwargs, load_file, mae_state_dict
+from .ckpt_io import FORMATS, KNOWN_FORMATS, is_safetensors, load_file, load_safetensors, safetensors_hints
 from .errors import ArchitectureMismatchError, CheckpointFormatError
 from .hf import hf_to_mae_state_dict, is_hf_vitmae_state_dict
+from .infer import OFFICIAL_EPS, arch_of, mae_state_dict, size_name
 from .mae import MAE_PRESETS, MaskedAutoencoder
-from .safetensors_io import is_safetensors, safetensors_hints
 from .target import norm_pix_loss, note_target
-from .vit import VIT_ARCHS, arch_for_width_depth
+from .vit import VIT_ARCHS
 
 DECODER_PREFIXES = ("mask_token", "decoder_")
 HEAD_PREFIXES = ("head.", "fc_norm.")
-OFFICIAL_EPS = 1e-6  # the official MAE and timm LayerNorm eps; HF configs default to 1e-12
 HF_CLASSES = {"hf-vitmae-pretraining": "ViTMAEForPreTraining", "hf-vitmae-model": "ViTMAEModel",
               "hf-vit-classification": "ViTForImageClassification", "hf-vit-model": "ViTModel"}
-_SHORT_NAMES = {"vit_tiny": "ViT-Ti", "vit_small": "ViT-S", "vit_base": "ViT-B", "vit_large": "ViT-L",
-                "vit_huge": "ViT-H"}
 _WRAPPERS = ("model", "state_dict", "model_ema", "state_dict_ema")  # official: 'model'; timm train.py: 'state_dict'
-_OFFICIAL_KEY = re.compile(
-    r"^(cls_token|pos_embed|mask_token|decoder_pos_embed"
-    r"|(patch_embed\.proj|norm|fc_norm|head|decoder_embed|decoder_norm|decoder_pred)\.(weight|bias)"
-    r"|(decoder_)?blocks\.\d+\.(norm1|attn\.qkv|attn\.proj|norm2|mlp\.fc1|mlp\.fc2)\.(weight|bias))$")
 
 
 @dataclass
@@ -63,7 +56,7 @@ class CheckpointInfo:
     def describe(self) -> str:
         """One line, e.g. 'ViT-B/16 at 224 px, decoder 512x8, no head'."""
         a = self.arch
-        parts = [f"{_size(a, widths=False)} at {a['img_size']} px"]
+        parts = [f"{size_name(a, widths=False)} at {a['img_size']} px"]
         if a["has_decoder"]:
             parts.append(f"decoder {a['decoder_embed_dim']}x{a['decoder_depth']}")
         if not a["has_head"]:
@@ -112,21 +105,13 @@ class CheckpointInfo:
         return VisionTransformer(**{**self.timm_kwargs(), **overrides})
 
 
-def _size(a: dict, widths: bool = True) -> str:
-    """'ViT-B/16 (width 768, depth 12)', or 'ViT (width 64, depth 2)/8' for a size without a name."""
-    name = _SHORT_NAMES.get(a.get("name"))
-    if not name:
-        return f"ViT (width {a['embed_dim']}, depth {a['depth']})/{a['patch_size']}"
-    return f"{name}/{a['patch_size']}" + (f" (width {a['embed_dim']}, depth {a['depth']})" if widths else "")
-
-
 def sniff(src: str | Path) -> CheckpointInfo:
     """Read a checkpoint file or folder of any known format; CheckpointFormatError names them if not."""
     path = Path(src)
     if path.is_dir():
         return _read_folder(path)
     if is_safetensors(path):
-        return _from_object(_load_safetensors(path), str(path), [path], hints=safetensors_hints(path))
+        return _from_object(load_safetensors(path), str(path), [path], hints=safetensors_hints(path))
     return _from_object(load_file(path), str(path), [path])
 
 
@@ -165,7 +150,7 @@ def apply_preset(info: CheckpointInfo, name: str) -> CheckpointInfo:
     expected = dict(embed_dim=size.embed_dim, depth=size.depth, patch_size=preset.get("patch_size", a["patch_size"]))
     if any(a[k] != v for k, v in expected.items()):
         raise ArchitectureMismatchError(
-            f"{info.source} holds a {_size(a)}, but {name} is a {_size(dict(expected, name=vit))}: "
+            f"{info.source} holds a {size_name(a)}, but {name} is a {size_name(dict(expected, name=vit))}: "
             "pick the preset that matches the checkpoint.")
     if not a["heads_guessed"] and a["num_heads"] != size.num_heads:
         raise ArchitectureMismatchError(
@@ -181,18 +166,6 @@ def apply_preset(info: CheckpointInfo, name: str) -> CheckpointInfo:
 
 
 # ----------------------------------------------------------------------------- files and folders
-def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file as load_safetensors
-
-    try:
-        return load_safetensors(str(path), device="cpu")
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointFormatError(
-            f"cannot read {path} as safetensors ({type(e).__name__}: {e}); the file may be truncated. "
-            "Known formats: " + "; ".join(KNOWN_FORMATS)) from e
-
-
 def _weight_files(folder: Path) -> list[Path]:
     """The weights of an HF / timm hub folder: one file or the shards an index names."""
     for name in ("model.safetensors", "pytorch_model.bin"):
@@ -222,7 +195,7 @@ def _read_folder(folder: Path) -> CheckpointInfo:
             raise CheckpointFormatError(f"{cfg_path} is not valid JSON ({e})") from e
     sd = {}
     for f in files:  # .bin files go through load_file: weights_only=True, never arbitrary pickles
-        sd.update(_load_safetensors(f) if f.suffix == ".safetensors" else _tensors(load_file(f), f))
+        sd.update(load_safetensors(f) if f.suffix == ".safetensors" else _tensors(load_file(f), f))
     source = str(folder)
     if isinstance(config, dict) and "architecture" in config:  # timm's save_for_hf / push_to_hf_hub
         hints = dict(num_heads=config.get("model_args", {}).get("num_heads"), preset=config["architecture"])
@@ -306,7 +279,7 @@ def _official_info(sd, wrapper, source, files, meta, hints, notes, fmt=None) -> 
             notes.append(f"weights under {wrapper!r} (timm's train.py layout)")
         elif wrapper is None and fmt == "official-full":
             notes.append("a bare state dict (no {'model': ...} wrapper) in the official full layout")
-    arch = _arch(sd, notes, **hints)
+    arch = arch_of(sd, notes, **hints)
     note_target(arch, source, notes)
     return CheckpointInfo(fmt, sd, arch, meta, notes, source, files)
 
@@ -339,7 +312,7 @@ def _hf_info(sd, config, source, files, notes=None) -> CheckpointInfo:
                  decoder_num_heads=config.get("decoder_num_attention_heads"),
                  layer_norm_eps=config.get("layer_norm_eps", 1e-12),  # HF's default, also for files without config
                  norm_pix_loss=config.get("norm_pix_loss"))
-    arch = _arch(official, notes, **hints)
+    arch = arch_of(official, notes, **hints)
     note_target(arch, source, notes)
     info = CheckpointInfo(fmt, official, arch, config, notes, source, files)
     size = config.get("image_size")
@@ -347,52 +320,6 @@ def _hf_info(sd, config, source, files, notes=None) -> CheckpointInfo:
         notes.append(f"config.json says image_size {size}, the position embeddings hold "
                      f"{info.arch['img_size']} px: the tensors are used")
     return info
-
-
-def _preset_heads(name, embed_dim: int, depth: int) -> tuple[int | None, int | None]:
-    """(heads, decoder heads) of a named architecture of this size: the official `args.model`, timm's
-    `architecture`, our preset name; (None, None) when the name is unknown or names another size."""
-    m = re.match(r"^(?:mae_)?(vit_[a-z]+)", name if isinstance(name, str) else "")
-    size = VIT_ARCHS.get(m.group(1)) if m else None
-    if size is None or (size.embed_dim, size.depth) != (embed_dim, depth):
-        return None, None
-    return size.num_heads, MAE_PRESETS.get(name, {}).get("decoder_num_heads")
-
-
-def _arch(sd, notes, num_heads=None, decoder_num_heads=None, preset=None, layer_norm_eps=None,
-          norm_pix_loss=None) -> dict:
-    """The architecture read off the tensors; heads and eps (invisible in weights) from hints, else guessed."""
-    kw = infer_mae_kwargs(sd)
-    preset_heads = _preset_heads(preset, kw["embed_dim"], kw["depth"])
-    num_heads, decoder_num_heads = num_heads or preset_heads[0], decoder_num_heads or preset_heads[1]
-    name = arch_for_width_depth(kw["embed_dim"], kw["depth"])
-    if name and num_heads and num_heads != VIT_ARCHS[name].num_heads:
-        name = None  # a ViT-B-sized model with other heads is not ViT-B
-    has_head, fc_norm = "head.weight" in sd, "fc_norm.weight" in sd
-    arch = dict(name=name, embed_dim=kw["embed_dim"], depth=kw["depth"],
-                num_heads=num_heads or guess_heads(kw["embed_dim"]), heads_guessed=not num_heads,
-                patch_size=kw["patch_size"], img_size=kw["img_size"], grid=kw["img_size"] // kw["patch_size"],
-                in_chans=kw["in_chans"], mlp_ratio=kw["mlp_ratio"], qkv_bias="blocks.0.attn.qkv.bias" in sd,
-                layer_norm_eps=layer_norm_eps or OFFICIAL_EPS, has_decoder="decoder_embed.weight" in sd,
-                has_norm="norm.weight" in sd, has_head=has_head,
-                num_classes=sd["head.weight"].shape[0] if has_head else 0,
-                fc_norm=fc_norm, global_pool="avg" if fc_norm else "token")
-    if not num_heads:
-        notes.append(f"heads are not stored in the weights: guessed {arch['num_heads']} (the official convention, "
-                     "64-wide heads, ViT-H 16); give the preset (--arch) if the model used others")
-    if arch["has_decoder"]:
-        arch.update(decoder_embed_dim=kw["decoder_embed_dim"], decoder_depth=kw["decoder_depth"],
-                    decoder_num_heads=decoder_num_heads or guess_heads(kw["decoder_embed_dim"], decoder=True))
-        if not decoder_num_heads:
-            notes.append(f"heads of the decoder guessed: {arch['decoder_num_heads']} (32-wide, as the official "
-                         "512-wide decoder's 16)")
-    if norm_pix_loss is not None:
-        arch.update(norm_pix_loss=bool(norm_pix_loss), norm_pix_loss_from="recorded")
-    extra = [k for k in sd if not _OFFICIAL_KEY.match(k)]
-    if extra:
-        notes.append(f"{len(extra)} tensors outside the MAE / ViT layout (loaded as unexpected): "
-                     + ", ".join(extra[:5]))
-    return arch
 
 
 __all__ = ["FORMATS", "KNOWN_FORMATS", "CheckpointInfo", "apply_preset", "as_info", "from_module", "sniff"]

@@ -197,12 +197,10 @@ _DECODERS = {
 }
 _OFFICIAL_DECODER = dict(decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16)
 
+# The encoder sizes of `vit.VIT_ARCHS` (shared with the classifier presets), each with its decoder.
 MAE_PRESETS: dict[str, dict] = {
-    f"mae_{arch}_patch{patch}": dict(
-        patch_size=patch, embed_dim=VIT_ARCHS[arch].embed_dim, depth=VIT_ARCHS[arch].depth,
-        num_heads=VIT_ARCHS[arch].num_heads, mlp_ratio=VIT_ARCHS[arch].mlp_ratio,
-        **_DECODERS.get(arch, _OFFICIAL_DECODER))
-    for arch, patch in [("vit_tiny", 16), ("vit_small", 16), ("vit_base", 16), ("vit_large", 16), ("vit_huge", 14)]
+    f"mae_{arch}_patch{a.patch_size}": {**a.kwargs(), **_DECODERS.get(arch, _OFFICIAL_DECODER)}
+    for arch, a in VIT_ARCHS.items()
 }
 
 

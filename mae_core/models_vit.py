@@ -18,17 +18,23 @@ import torch.nn as nn
 from timm.layers import trunc_normal_
 from timm.models.vision_transformer import VisionTransformer
 
-from .checkpoints import describe_arch, infer_mae_kwargs, load_encoder_weights, load_official_weights
+from .checkpoints import load_encoder_weights, load_official_weights
 from .errors import ArchitectureMismatchError, CheckpointFormatError
 from .formats import CheckpointInfo, sniff
-from .vit import VIT_ARCHS, arch_for_width_depth
+from .infer import describe_arch, infer_mae_kwargs
+from .vit import VIT_ARCHS, arch_for_width_depth, guess_heads
 
-CLASSIFIER_PRESETS: dict[str, dict] = {
-    f"{arch}_patch{patch}": dict(patch_size=patch, embed_dim=VIT_ARCHS[arch].embed_dim, depth=VIT_ARCHS[arch].depth,
-                                 num_heads=VIT_ARCHS[arch].num_heads, mlp_ratio=VIT_ARCHS[arch].mlp_ratio)
-    for arch, patch in [("vit_tiny", 16), ("vit_small", 16), ("vit_base", 16), ("vit_large", 16), ("vit_huge", 14)]
-}
+# The encoder sizes of `vit.VIT_ARCHS` (shared with the MAE presets): `vit_base_patch16`, ...
+CLASSIFIER_PRESETS: dict[str, dict] = {f"{arch}_patch{a.patch_size}": a.kwargs() for arch, a in VIT_ARCHS.items()}
 ENCODER_PREFIXES = ("patch_embed.", "blocks.", "cls_token", "pos_embed")  # what every init must provide
+
+
+def arch_name(kwargs: dict) -> str:
+    """`vit_base_patch16`-style name of a classifier's kwargs, or a description of a custom size."""
+    preset = arch_for_width_depth(kwargs["embed_dim"], kwargs["depth"])
+    if preset:
+        return f"{preset}_patch{kwargs['patch_size']}"
+    return f"vit_custom_w{kwargs['embed_dim']}_d{kwargs['depth']}_patch{kwargs['patch_size']}"
 
 
 def classifier_kwargs(name: str, *, img_size: int = 224, num_classes: int = 1000, global_pool: bool = True,
@@ -119,17 +125,11 @@ def load_init_checkpoint(model: VisionTransformer, path: str | Path | Checkpoint
     return report
 
 
-def guess_num_heads(embed_dim: int, depth: int) -> int:
-    """Heads are invisible in a state dict: the preset of this width and depth, else 64-wide heads."""
-    preset = arch_for_width_depth(embed_dim, depth)
-    return VIT_ARCHS[preset].num_heads if preset else max(1, embed_dim // 64)
-
-
 def classifier_kwargs_from_state_dict(sd: dict[str, torch.Tensor], meta: dict, source: str = "checkpoint",
                                       num_heads: int | None = None) -> dict:
     """Constructor arguments of the classifier a fine-tuned / linear-probe checkpoint holds.
 
-    `num_heads`: what the user or the file says; else the preset of this size, else 64-wide heads.
+    `num_heads`: what the user or the file says; else `vit.guess_heads` (the preset of this width, else 64 wide).
     """
     saved = meta.get("model_kwargs") or {}
     if "num_classes" in saved:  # ours: the run recorded them
@@ -142,7 +142,7 @@ def classifier_kwargs_from_state_dict(sd: dict[str, torch.Tensor], meta: dict, s
     arch = infer_mae_kwargs(sd)
     return dict(img_size=arch["img_size"], patch_size=arch["patch_size"], in_chans=arch["in_chans"],
                 embed_dim=arch["embed_dim"], depth=arch["depth"], mlp_ratio=arch["mlp_ratio"],
-                num_heads=num_heads or saved.get("num_heads") or guess_num_heads(arch["embed_dim"], arch["depth"]),
+                num_heads=num_heads or saved.get("num_heads") or guess_heads(arch["embed_dim"]),
                 num_classes=head.shape[0], global_pool="fc_norm.weight" in sd, drop_path_rate=0.0,
                 linear_probe="head.1.weight" in sd)
 

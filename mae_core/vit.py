@@ -1,8 +1,8 @@
-"""ViT architecture presets and the fixed 2-D sin-cos position embeddings MAE uses.
+"""ViT encoder sizes (the one preset table), the heads rule, and the position-embedding helpers.
 
-The blocks themselves come from timm (`PatchEmbed`, `Block`); this module only names the sizes
-in one place and provides the position-embedding helpers shared by the MAE, the classifiers and
-the transfer adapters.
+The blocks themselves come from timm (`PatchEmbed`, `Block`); this module names the sizes once:
+the MAE presets (`mae.MAE_PRESETS`, adding a decoder) and the classifier presets
+(`models_vit.CLASSIFIER_PRESETS`) both derive from `VIT_ARCHS`.
 """
 
 from __future__ import annotations
@@ -11,29 +11,44 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from timm.layers import resample_abs_pos_embed
 
 from .errors import ArchitectureMismatchError
 
 
 @dataclass(frozen=True)
 class ViTArch:
-    """Encoder size of a plain ViT (timm / official MAE naming)."""
+    """Encoder size of a plain ViT (timm / official MAE naming) and the patch size of its preset."""
 
     embed_dim: int
     depth: int
     num_heads: int
     mlp_ratio: float = 4.0
+    patch_size: int = 16
+
+    def kwargs(self) -> dict:
+        """Constructor arguments shared by `MaskedAutoencoder` and timm's `VisionTransformer`."""
+        return dict(patch_size=self.patch_size, embed_dim=self.embed_dim, depth=self.depth,
+                    num_heads=self.num_heads, mlp_ratio=self.mlp_ratio)
 
 
-# The real sizes (ViT-B/L/H as in the paper) and small ones for CPU work.
+# The real sizes (ViT-B/L/H as in the paper; the published ViT-H is patch 14) and small ones for CPU work.
 VIT_ARCHS: dict[str, ViTArch] = {
     "vit_tiny": ViTArch(embed_dim=192, depth=12, num_heads=3),
     "vit_small": ViTArch(embed_dim=384, depth=12, num_heads=6),
     "vit_base": ViTArch(embed_dim=768, depth=12, num_heads=12),
     "vit_large": ViTArch(embed_dim=1024, depth=24, num_heads=16),
-    "vit_huge": ViTArch(embed_dim=1280, depth=32, num_heads=16),
+    "vit_huge": ViTArch(embed_dim=1280, depth=32, num_heads=16, patch_size=14),
 }
+
+
+def guess_heads(embed_dim: int, decoder: bool = False) -> int:
+    """Heads are not visible in a state dict: the published preset of this width (ViT-T 3, S 6, B 12,
+    L 16, H 16), else 64-wide heads; a decoder's are 32 wide (the official 512-wide decoder has 16)."""
+    if decoder:
+        return max(1, embed_dim // 32)
+    preset = next((a for a in VIT_ARCHS.values() if a.embed_dim == embed_dim), None)
+    return preset.num_heads if preset else max(1, embed_dim // 64)
 
 
 def arch_for_width_depth(embed_dim: int, depth: int) -> str | None:
@@ -44,6 +59,8 @@ def arch_for_width_depth(embed_dim: int, depth: int) -> str | None:
     return None
 
 
+# Not timm's `build_sincos2d_pos_embed`: that one orders the channels (h, w) and has no cls entry;
+# checkpoints store the official layout, (w, h), so the table is computed here as the official code does.
 def _sincos_1d(embed_dim: int, pos: np.ndarray) -> np.ndarray:
     omega = np.arange(embed_dim // 2, dtype=np.float64) / (embed_dim / 2.0)
     omega = 1.0 / 10000**omega
@@ -73,12 +90,12 @@ def resize_pos_embed(
 ) -> torch.Tensor:
     """Resize a (1, prefix + gh*gw, D) position embedding to a new grid, bicubically.
 
-    The prefix (cls) entries are kept apart, as in the official `interpolate_pos_embed`.
+    timm's `resample_abs_pos_embed` with the official `interpolate_pos_embed`'s arguments (no
+    antialiasing, cls entries kept apart), after checking the shapes so a bad one says what is wrong.
     """
     if pos_embed.ndim != 3 or pos_embed.shape[0] != 1:
         raise ArchitectureMismatchError(f"expected a pos_embed of shape (1, N, D), got {tuple(pos_embed.shape)}")
-    prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
-    n = grid.shape[1]
+    n = pos_embed.shape[1] - num_prefix_tokens
     if old_grid is None:
         side = int(round(n**0.5))
         if side * side != n:
@@ -88,8 +105,5 @@ def resize_pos_embed(
         old_grid = (side, side)
     if tuple(old_grid) == tuple(new_grid):
         return pos_embed
-    dim = grid.shape[-1]
-    grid = grid.reshape(1, old_grid[0], old_grid[1], dim).permute(0, 3, 1, 2)
-    grid = F.interpolate(grid.float(), size=tuple(new_grid), mode="bicubic", align_corners=False)
-    grid = grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], dim).to(pos_embed.dtype)
-    return torch.cat([prefix, grid], dim=1)
+    return resample_abs_pos_embed(pos_embed, list(new_grid), list(old_grid), num_prefix_tokens=num_prefix_tokens,
+                                  antialias=False)

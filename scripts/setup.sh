@@ -4,7 +4,7 @@
 # detectron2 (rewritten from PyPI's sal-detectron2, see scripts/detectron2_wheel.py), the project.
 #
 # Idempotent: a second run reuses the venv and pip's wheel cache and finishes in seconds when
-# nothing changed (a stamp of this script + pyproject.toml). Facts behind each pin: shared/INSTALL.md.
+# nothing changed (a stamp of this script + pyproject.toml). Facts behind each pin: docs/install.md.
 # Users with a GPU and their own torch can skip this and `pip install -e .[det,seg,dev]` after
 # installing detectron2 and mmcv their usual way.
 set -euo pipefail

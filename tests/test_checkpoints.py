@@ -12,16 +12,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mae_core.checkpoints import (
-    build_mae_from_checkpoint,
-    infer_mae_kwargs,
-    load_file,
-    load_mae_weights,
-    mae_state_dict,
-    save_atomic,
-    save_mae_checkpoint,
-)
+from mae_core.checkpoints import build_mae_from_checkpoint, load_mae_weights, save_mae_checkpoint
+from mae_core.ckpt_io import load_file, save_atomic
 from mae_core.errors import ArchitectureMismatchError, CheckpointFormatError, MAETransferError
+from mae_core.infer import infer_mae_kwargs, mae_state_dict
 from mae_core.mae import MaskedAutoencoder
 from mae_core.vit import resize_pos_embed, sincos_pos_embed_2d
 
@@ -219,6 +213,22 @@ def test_resized_sincos_table_is_the_sincos_of_the_stretched_grid(old, new):
 def test_resize_is_identity_on_same_grid():
     table = torch.randn(1, 17, 8)
     assert resize_pos_embed(table, (4, 4)) is table
+
+
+@pytest.mark.parametrize("old,new", [((4, 4), (7, 7)), ((14, 14), (8, 8)), ((4, 4), (3, 6))])
+def test_resize_is_timms_resample_with_the_official_arguments(old, new):
+    """timm's `resample_abs_pos_embed` computes it; the official `interpolate_pos_embed` (bicubic, no
+    antialias, cls apart) is the reference, so downsizing differs from timm's antialiased default."""
+    from timm.layers import resample_abs_pos_embed
+
+    table = torch.randn(1, 1 + old[0] * old[1], 16, generator=torch.Generator().manual_seed(0))
+    grid = table[:, 1:].reshape(1, *old, 16).permute(0, 3, 1, 2)  # the official code, written out
+    official = F.interpolate(grid, size=new, mode="bicubic", align_corners=False).permute(0, 2, 3, 1).flatten(1, 2)
+    ours = resize_pos_embed(table, new)
+    assert torch.equal(ours, torch.cat([table[:, :1], official], dim=1))
+    assert torch.equal(ours, resample_abs_pos_embed(table, list(new), list(old), antialias=False))
+    if new[0] < old[0]:
+        assert not torch.allclose(ours, resample_abs_pos_embed(table, list(new), list(old)), atol=1e-3)
 
 
 # --------------------------------------------------------------------------- errors

@@ -16,7 +16,7 @@ pytest.importorskip("detectron2")
 import torch  # noqa: E402
 from timm.layers import resample_patch_embed  # noqa: E402
 
-from mae_core.checkpoints import sha256_file  # noqa: E402
+from mae_core.ckpt_io import sha256_file  # noqa: E402
 from mae_core.data import write_synthetic  # noqa: E402
 from tests.helpers import maet, one_thread_env  # noqa: E402
 from tests.test_detection_weights import TEST_ARCH, p14_encoder_file, tiny_mae_checkpoint  # noqa: E402
@@ -72,7 +72,7 @@ def test_train_writes_checkpoints_metrics_and_a_record(setup, uninterrupted):
     out = uninterrupted
     assert (out / "model_final.pth").is_file() and (out / "metrics.json").is_file()
     report = json.loads((out / "init_report.json").read_text())
-    assert report["loaded"] > 0 and "cls_token" in report["unused"] and "norm.weight" in report["unused"]
+    assert report["loaded"] and "cls_token" in report["unused"] and "norm.weight" in report["unused"]
     assert any(".rel_pos_h" in k for k in report["new"])
     rec = [r for r in _records(setup) if r["mode"] == "train" and r["output"]["dir"] == str(out)][-1]
     assert rec["task"] == "detection" and rec["init"] == "mae.pth" and rec["iteration"] == ITERS
@@ -152,7 +152,7 @@ def test_p14_init_is_converted_on_the_way_in_and_trains(setup, tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, env=one_thread_env(), timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((out / "init_report.json").read_text())
-    assert report["loaded"] > 0 and "is patch 14, the backbone patch 8: resampled" in report["notes"][0]
+    assert report["loaded"] and "is patch 14, the backbone patch 8: resampled" in report["notes"][0]
     steps = [r for r in map(json.loads, (out / "metrics.json").read_text().splitlines()) if "total_loss" in r]
     assert steps[-1]["iteration"] == 1 and all(torch.isfinite(torch.tensor(r["total_loss"])) for r in steps)
     start = resample_patch_embed(torch.load(init, weights_only=True)["model"]["patch_embed.proj.weight"], [8, 8])

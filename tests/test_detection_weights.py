@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 pytest.importorskip("detectron2")
 
 import torch  # noqa: E402
 
-from mae_core.checkpoints import export_hf, export_timm, save_mae_checkpoint  # noqa: E402
+from mae_core.checkpoints import LoadReport, save_mae_checkpoint  # noqa: E402
+from mae_core.ckpt_io import sha256_file  # noqa: E402
 from mae_core.errors import ArchitectureMismatchError  # noqa: E402
+from mae_core.export import export_hf, export_timm  # noqa: E402
 from mae_core.mae import MaskedAutoencoder, create_mae  # noqa: E402
 from transfer.detection.config import load_config  # noqa: E402
 from transfer.detection.weights import check_architecture, load_encoder, pretrain_img_size  # noqa: E402
@@ -72,14 +76,14 @@ def _check_every_tensor_arrives(enc, model, report):
     assert any(k.startswith("backbone.simfp_") for k in new) and any(k.startswith("roi_heads.") for k in new)
 
 
-def test_mae_checkpoint_every_encoder_tensor_arrives(mae_file, one_thread):
+def test_mae_checkpoint_every_encoder_tensor_arrives(mae_file, one_thread, tmp_path):
     enc = read_encoder(mae_file)
     model = _model_for(enc)
     report = load_encoder(model, enc)
     _check_every_tensor_arrives(enc, model, report)
     assert set(k for k in report.unused if k in enc.state_dict) == {"cls_token", "norm.weight", "norm.bias"}
     assert {k for k in report.unused if k.startswith("decoder")} and "mask_token" in report.unused
-    assert report.pretrain_grid == (4, 4)
+    assert pretrain_img_size(enc) == 32 and report.sha256 == enc.sha256
     # the pretraining grid (4x4 + cls) is kept and resized by detectron2's ViT to the input's grid
     assert model.backbone.net.pos_embed.shape == (1, 17, 64)
     model.eval()
@@ -87,6 +91,13 @@ def test_mae_checkpoint_every_encoder_tensor_arrives(mae_file, one_thread):
         feats = model.backbone(torch.zeros(1, 3, 128, 128))
     assert feats["p3"].shape[-2:] == (16, 16)
     assert f"{len(report.loaded)} encoder tensors loaded" in report.summary()
+    # the report shared with segmentation, written the same way
+    assert isinstance(report, LoadReport)
+    written = json.loads(report.write(tmp_path).read_text())
+    assert written == {"init": "mae.pth", "sha256": sha256_file(mae_file), "loaded": report.loaded,
+                       "new": report.new, "unused": report.unused, "resized": {}, "notes": []}
+    assert written["loaded"]["blocks.1.attn.qkv.weight"] == "backbone.net.blocks.1.attn.qkv.weight"
+    assert "backbone.net.blocks.*.attn.rel_pos_h (2)" in report.summary()
 
 
 @pytest.mark.parametrize("fmt", ["timm", "hf"])
@@ -145,7 +156,7 @@ def test_p14_encoder_is_resampled_into_the_backbone_patch(tmp_path, one_thread):
     original = torch.load(path, weights_only=True)["model"]["patch_embed.proj.weight"]
     assert torch.equal(model.state_dict()["backbone.net.patch_embed.proj.weight"],
                        resample_patch_embed(original, [8, 8]))
-    assert report.pretrain_grid == (7, 7) and report.to_dict()["notes"] == report.notes
+    assert report.to_dict()["notes"] == report.notes
     assert report.notes[0].startswith("mae_pretrain_p14.pth is patch 14, the backbone patch 8: resampled")
     assert any(n.startswith("patch_embed.proj.weight (64, 3, 14, 14) -> (64, 3, 8, 8)") for n in report.notes)
     assert "note: mae_pretrain_p14.pth is patch 14" in report.summary()

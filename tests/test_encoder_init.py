@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mae_core.checkpoints import export_hf, export_timm, save_mae_checkpoint
+from mae_core.checkpoints import save_mae_checkpoint
 from mae_core.errors import CheckpointFormatError
+from mae_core.export import export_hf, export_timm
 from mae_core.mae import create_mae
 from transfer.encoder_init import SCRATCH, read_encoder
 

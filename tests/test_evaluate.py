@@ -16,7 +16,8 @@ from benchmarks.cli import build_parser
 from benchmarks.cli import main as cli_main
 from benchmarks.perf import eval_throughput
 from benchmarks.records import read_records
-from mae_core.checkpoints import save_mae_checkpoint, sha256_file
+from mae_core.checkpoints import save_mae_checkpoint
+from mae_core.ckpt_io import sha256_file
 from mae_core.data import build_eval_transform
 from mae_core.errors import ArchitectureMismatchError, CheckpointFormatError, ClassCountMismatchError
 from mae_core.models_vit import build_classifier, build_classifier_from_checkpoint

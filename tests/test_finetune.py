@@ -18,7 +18,8 @@ from timm.optim import param_groups_layer_decay as timm_param_groups_layer_decay
 
 from benchmarks.cli import main as cli_main
 from benchmarks.records import read_records
-from mae_core.checkpoints import load_file, save_mae_checkpoint, sha256_file
+from mae_core.checkpoints import save_mae_checkpoint
+from mae_core.ckpt_io import load_file, sha256_file
 from mae_core.errors import (
     ArchitectureMismatchError,
     CheckpointFormatError,

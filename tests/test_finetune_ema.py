@@ -16,7 +16,7 @@ from benchmarks.cli import build_parser
 from benchmarks.cli import main as cli_main
 from benchmarks.cli_args import dataclass_from_args
 from benchmarks.records import read_records
-from mae_core.checkpoints import load_file
+from mae_core.ckpt_io import load_file
 from mae_core.errors import CheckpointFormatError
 from mae_core.train.classification import train_classifier
 from mae_core.train.finetune import FinetuneConfig, build_train_transform, finetune, make_recipe

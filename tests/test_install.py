@@ -35,7 +35,7 @@ def test_mmcv_compiled_ops_and_mmseg_import():
 
 
 def test_mae_core_does_not_import_transfer_stacks():
-    """Imports point one way: mae_core works without detectron2 / mmseg / pandas (DESIGN.md)."""
+    """Imports point one way: mae_core works without detectron2 / mmseg / pandas (docs/design.md)."""
     import subprocess
     import sys
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 from timm.optim import Lars as TimmLars
 
-from mae_core.checkpoints import load_file
+from mae_core.ckpt_io import load_file
 from mae_core.models_vit import linear_layer
 from mae_core.train.distributed import DistInfo
 from mae_core.train.evaluate import EvalConfig, evaluate_checkpoint

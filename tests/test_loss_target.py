@@ -15,8 +15,9 @@ import torch
 from PIL import Image
 
 from benchmarks.cli import main
-from mae_core.checkpoints import build_mae_from_checkpoint, save_ours
+from mae_core.checkpoints import build_mae_from_checkpoint
 from mae_core.errors import LossTargetError
+from mae_core.export import save_ours
 from mae_core.formats import sniff
 from tests.test_checkpoint_formats import encoder_only, imgs, mae, transformers
 from tests.test_mae import official_forward

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mae_core.checkpoints import load_file
+from mae_core.ckpt_io import load_file
 from mae_core.errors import NonFiniteLossError, OptionError
 from mae_core.mae import create_mae
 from mae_core.train.distributed import DistInfo

@@ -1,4 +1,4 @@
-"""Run records: the DESIGN.md contract's fields, one JSON line per run, safe concurrent appends."""
+"""Run records: the docs/design.md contract's fields, one JSON line per run, safe concurrent appends."""
 
 from __future__ import annotations
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import types
 
@@ -12,7 +13,8 @@ from PIL import Image
 
 pytest.importorskip("mmseg")
 
-from mae_core.checkpoints import save_mae_checkpoint  # noqa: E402
+from mae_core.checkpoints import LoadReport, save_mae_checkpoint  # noqa: E402
+from mae_core.ckpt_io import sha256_file  # noqa: E402
 from mae_core.data import write_synthetic  # noqa: E402
 from mae_core.errors import ArchitectureMismatchError, CheckpointFormatError, DatasetLayoutError  # noqa: E402
 from mae_core.mae import create_mae  # noqa: E402
@@ -20,7 +22,12 @@ from mae_core.vit import resize_pos_embed  # noqa: E402
 from transfer.encoder_init import read_encoder  # noqa: E402
 from transfer.segmentation import engine, resume  # noqa: E402
 from transfer.segmentation.data import LabelRangeError, check_ade20k  # noqa: E402
-from transfer.segmentation.weights import check_arch, convert_for_backbone, resize_rel_pos_bias  # noqa: E402
+from transfer.segmentation.weights import (  # noqa: E402
+    check_arch,
+    convert_for_backbone,
+    resize_rel_pos_bias,
+    unexpected_new,
+)
 
 SMALL = dict(patch_size=8, embed_dim=64, depth=4, num_heads=4, decoder_embed_dim=32, decoder_depth=1,
              decoder_num_heads=4)
@@ -133,8 +140,8 @@ def test_every_encoder_tensor_arrives_and_features_equal_ours():
     target = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
     sd, report = convert_for_backbone(init_encoder, target, not_encoder=["mask_token"], window=backbone.patch_shape)
 
-    assert report.unused == ["mask_token", "norm.bias", "norm.weight"]  # final norm: features come from inside
-    assert not report.unexpected_new and not report.resized
+    assert list(report.unused) == ["mask_token", "norm.bias", "norm.weight"]  # final norm: features come from inside
+    assert all(report.unused.values()) and not unexpected_new(report) and not report.resized
     assert {k.rsplit(".", 1)[-1] for k in report.new} == {"gamma_1", "gamma_2", "relative_position_bias_table"}
     assert len(report.loaded) == len(init_encoder) - 2
     missing, unexpected = backbone.load_state_dict({k[len("backbone."):]: v for k, v in sd.items()}, strict=False)
@@ -170,9 +177,18 @@ def test_read_encoder_checkpoint_resized_to_a_larger_crop(tmp_path):
     init = read_encoder(path)
     backbone = mmseg_backbone(img_size=64)
     target = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
-    sd, report = convert_for_backbone(init.state_dict, target, init.not_encoder, window=backbone.patch_shape)
+    sd, report = convert_for_backbone(init.state_dict, target, init.not_encoder, window=backbone.patch_shape,
+                                      init=init.name, sha256=init.sha256, notes=init.notes)
     assert report.resized == {"backbone.pos_embed": [[1, 17, 64], [1, 65, 64]]}
     torch.testing.assert_close(sd["backbone.pos_embed"], resize_pos_embed(mae.pos_embed.detach(), (8, 8)))
+    # the report shared with detection, written the same way: names in, names out, a reason for each unused
+    assert isinstance(report, LoadReport)
+    written = json.loads(report.write(tmp_path / "run").read_text())
+    assert written == {"init": "mae.pth", "sha256": sha256_file(path), "loaded": report.loaded, "new": report.new,
+                       "unused": report.unused, "resized": report.resized, "notes": []}
+    assert written["loaded"]["blocks.3.mlp.fc1.bias"] == "backbone.layers.3.ffn.layers.0.0.bias"
+    assert {"mask_token", "decoder_embed.weight", "norm.weight"} <= set(written["unused"])
+    assert "backbone.layers.*.gamma_1 (4)" in report.summary()
     assert any(k.startswith("decoder_") for k in report.unused)  # the decoder is named, not dropped silently
 
 

@@ -17,12 +17,13 @@ from pathlib import Path
 
 import torch
 
-from mae_core.checkpoints import sha256_file
+from mae_core.ckpt_io import sha256_file
 from mae_core.formats import DECODER_PREFIXES, CheckpointInfo, sniff
 from mae_core.resample import resample_patch_size
 
 SCRATCH = "scratch"
 NOT_ENCODER_PREFIXES = (*DECODER_PREFIXES, "head.")  # fc_norm stays: fine-tuned files keep their last norm there
+NOT_ENCODER_REASON = "decoder / mask token / classifier head: not part of the encoder"  # the reports' line
 
 
 @dataclass

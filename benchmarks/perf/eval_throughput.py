@@ -30,9 +30,9 @@ from timm.models.vision_transformer import VisionTransformer
 
 from mae_core.checkpoints import save_mae_checkpoint
 from mae_core.data import build_eval_transform, write_synthetic
-from mae_core.models_vit import build_classifier, build_classifier_from_checkpoint
+from mae_core.models_vit import arch_name, build_classifier, build_classifier_from_checkpoint
 from mae_core.train.distributed import pick_device
-from mae_core.train.evaluate import EvalConfig, arch_name, evaluate_checkpoint
+from mae_core.train.evaluate import EvalConfig, evaluate_checkpoint
 from mae_core.train.precision import autocast, resolve_precision
 
 CASES = ("maet", "timm")

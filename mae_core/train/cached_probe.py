@@ -30,10 +30,11 @@ import torch.nn.functional as F
 from ..checkpoints import save_mae_checkpoint
 from ..data import build_eval_transform
 from ..errors import OptionError
+from ..models_vit import arch_name
 from ..provenance import git_commit, now_iso, versions
 from .classification import FINAL, ClassifierRun, checkpoint_sha256, classification_datasets
 from .distributed import DistInfo, cleanup, init_distributed
-from .evaluate import arch_name, eval_loader, topk_correct
+from .evaluate import eval_loader, topk_correct
 from .features import extract, probe_classifier
 from .knn import knn_classify
 from .metrics import MetricsLog

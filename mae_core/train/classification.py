@@ -26,13 +26,15 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from ..checkpoints import save_mae_checkpoint, sha256_file
+from ..checkpoints import save_mae_checkpoint
+from ..ckpt_io import sha256_file
 from ..data import ImageFolderDataset, build_eval_transform
 from ..errors import ClassCountMismatchError, DatasetLayoutError
+from ..models_vit import arch_name
 from ..provenance import git_commit, now_iso, versions
 from .distributed import DistInfo, barrier, cleanup, init_distributed, train_loader
 from .ema import summarise, update_count
-from .evaluate import arch_name, eval_loader, evaluate
+from .evaluate import eval_loader, evaluate
 from .metrics import MetricsLog
 from .optim import lr_at, scaled_lr, set_lr
 from .precision import autocast, grad_scaler, resolve_precision

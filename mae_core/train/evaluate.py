@@ -19,8 +19,7 @@ from tqdm import tqdm
 
 from ..data import ImageFolderDataset, build_eval_transform
 from ..errors import ClassCountMismatchError
-from ..models_vit import build_classifier_from_checkpoint, linear_layer
-from ..vit import arch_for_width_depth
+from ..models_vit import arch_name, build_classifier_from_checkpoint, linear_layer
 from .configs import EvalConfig
 from .distributed import DistInfo, all_reduce_sum, cleanup, init_distributed
 from .precision import autocast, resolve_precision
@@ -75,14 +74,6 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device, p
         raise ValueError("evaluation saw no images")
     return {"top1": 100.0 * c1 / n, "top5": 100.0 * c5 / n, "loss": loss / n, "num_images": int(n),
             "img_per_s": n / seconds, "seconds": seconds}
-
-
-def arch_name(kwargs: dict) -> str:
-    """`vit_base_patch16`-style name of a classifier's kwargs, or a description of a custom size."""
-    preset = arch_for_width_depth(kwargs["embed_dim"], kwargs["depth"])
-    if preset:
-        return f"{preset}_patch{kwargs['patch_size']}"
-    return f"vit_custom_w{kwargs['embed_dim']}_d{kwargs['depth']}_patch{kwargs['patch_size']}"
 
 
 def evaluate_checkpoint(cfg: EvalConfig) -> dict:

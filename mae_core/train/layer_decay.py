@@ -3,9 +3,9 @@
 With L blocks there are L + 2 "layers": 0 = patch embedding, cls token and pos-embed; i + 1 = block
 i; L + 1 = everything after the blocks (final norm / fc_norm, head). Layer k gets
 lr x decay^(L + 1 - k), so the head trains at the full rate and the embedding at decay^(L + 1).
-timm's `param_groups_layer_decay` gives the same groups for the global-pool model, but puts the
-final `norm` of the cls-token model at the last block's rate; the official code (and we) give it
-the head's.
+Kept rather than timm's `param_groups_layer_decay`: timm gives the same groups for the global-pool
+model, but puts the final `norm` of the cls-token model at the last block's rate; the official code
+(and we) give it the head's.
 """
 
 from __future__ import annotations

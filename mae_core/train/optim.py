@@ -5,22 +5,19 @@ from __future__ import annotations
 import math
 
 import torch.nn as nn
+from timm.optim import param_groups_weight_decay as timm_param_groups_weight_decay
 
 # Parameters that are embeddings, not weights: never decayed (timm's `no_weight_decay` convention).
 NO_DECAY_NAMES = {"pos_embed", "decoder_pos_embed", "cls_token", "mask_token", "dist_token"}
 
 
 def param_groups_weight_decay(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two groups: decayed weight matrices, and undecayed biases, norms, pos-embeds and tokens."""
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue  # the fixed sin-cos pos-embeds
-        if param.ndim <= 1 or name.endswith(".bias") or name.split(".")[-1] in NO_DECAY_NAMES:
-            no_decay.append(param)
-        else:
-            decay.append(param)
-    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
+    """Two groups: decayed weight matrices, and undecayed biases, norms, pos-embeds and tokens.
+
+    timm's own grouping; the names above (top-level or inside a submodule) are the only addition.
+    """
+    names = [*NO_DECAY_NAMES, *(f"*.{n}" for n in NO_DECAY_NAMES)]
+    return timm_param_groups_weight_decay(model, weight_decay, no_weight_decay_list=names)
 
 
 def scaled_lr(base_lr: float, effective_batch: int) -> float:

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoints import load_file, save_mae_checkpoint
+from ..checkpoints import save_mae_checkpoint
+from ..ckpt_io import load_file
 from ..errors import CheckpointFormatError
 
 LAST = "checkpoint-last.pth"

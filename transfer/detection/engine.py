@@ -26,12 +26,12 @@ from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.events import CommonMetricPrinter, JSONWriter
 
-from mae_core.checkpoints import sha256_file
+from mae_core.ckpt_io import sha256_file
 from mae_core.errors import MAETransferError
+from mae_core.models_vit import arch_name
 from mae_core.provenance import now_iso
 from mae_core.result import RunResult
 from mae_core.train.distributed import device_type
-from mae_core.train.evaluate import arch_name
 from transfer.encoder_init import read_encoder
 
 from .checkpoint import SafeDetectionCheckpointer, model_state
@@ -157,7 +157,7 @@ def do_train(job: DetectionJob, cfg, enc) -> list[dict]:
     report = load_encoder(model, enc)
     logger.info(report.summary())
     if comm.is_main_process():
-        Path(cfg.train.output_dir, "init_report.json").write_text(json.dumps(report.to_dict(), indent=1))
+        report.write(cfg.train.output_dir)
     model.to(cfg.train.device)
 
     cfg.optimizer.params.model = model
@@ -191,7 +191,7 @@ def do_train(job: DetectionJob, cfg, enc) -> list[dict]:
         logger.info(f"resuming from {checkpointer.get_checkpoint_file()} at iteration {start_iter}")
     trainer.train(start_iter, cfg.train.max_iter)
     for e in evaluations:
-        e["init_report"] = report.to_dict()
+        e["init_report"] = report.compact()
     return evaluations
 
 

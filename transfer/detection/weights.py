@@ -6,7 +6,8 @@ explicitly, for every format `transfer.encoder_init.read_encoder` reads (ours, o
 Hugging Face, a `maet finetune` classifier), check shapes first, and return a `LoadReport` that
 names each model key that stayed new (relative position, pyramid, RPN and ROI heads) and each
 checkpoint key left unused with the reason (the cls token, the final norm: ViTDet has neither; the
-decoder, mask token and classifier head). Nothing is dropped silently.
+decoder, mask token and classifier head). Nothing is dropped silently. The report is
+`mae_core.checkpoints.LoadReport`, the segmentation adapter's too.
 
 The absolute position embedding is copied as pretrained, cls position included: detectron2's `ViT`
 keeps it on the pretraining grid (`pretrain_img_size`, `pretrain_use_cls_token=True`) and resizes
@@ -15,12 +16,11 @@ it bicubically to the detection grid in every forward (`get_abs_pos`), as ViTDet
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 
+from mae_core.checkpoints import LoadReport
 from mae_core.errors import ArchitectureMismatchError
-from transfer.encoder_init import EncoderInit
+from transfer.encoder_init import NOT_ENCODER_REASON, EncoderInit
 
 PREFIX = "backbone.net."
 # Encoder tensors ViTDet's backbone has no place for, and why.
@@ -31,37 +31,6 @@ UNUSED_ENCODER = {
     "fc_norm.weight": "the classifier's pooled-feature norm has no place in a detector",
     "fc_norm.bias": "the classifier's pooled-feature norm has no place in a detector",
 }
-
-
-@dataclass
-class LoadReport:
-    """What `load_encoder` did, by name: `loaded` maps checkpoint key -> model key."""
-
-    init: str
-    loaded: dict[str, str] = field(default_factory=dict)
-    new: list[str] = field(default_factory=list)  # model keys not in the checkpoint (initialised fresh)
-    unused: dict[str, str] = field(default_factory=dict)  # checkpoint key -> why the model does not take it
-    pretrain_grid: tuple[int, int] | None = None
-    notes: list[str] = field(default_factory=list)  # what was done to the weights on the way in (resampling)
-
-    def summary(self) -> str:
-        if not self.loaded:
-            return f"init {self.init}: every weight initialised fresh ({len(self.new)} tensors)"
-        groups: dict[str, int] = {}
-        for k in self.new:
-            g = "relative position" if ".rel_pos_" in k else k.split(".")[0] + "." + k.split(".")[1]
-            groups[g] = groups.get(g, 0) + 1
-        new = ", ".join(f"{g} ({n})" for g, n in sorted(groups.items()))
-        lines = [f"init {self.init}: {len(self.loaded)} encoder tensors loaded into {PREFIX}*",
-                 f"  new ({len(self.new)}): {new}",
-                 f"  unused ({len(self.unused)}): " + ", ".join(sorted(self.unused))]
-        lines += [f"    {k}: {why}" for k, why in sorted(self.unused.items()) if k in UNUSED_ENCODER]
-        lines += [f"  note: {n}" for n in self.notes]
-        return "\n".join(lines)
-
-    def to_dict(self) -> dict:
-        return {"init": self.init, "loaded": len(self.loaded), "new": self.new, "unused": self.unused,
-                "notes": self.notes}
 
 
 def map_encoder_keys(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -114,14 +83,13 @@ def pretrain_img_size(enc: EncoderInit) -> int | None:
 def load_encoder(model: torch.nn.Module, enc: EncoderInit) -> LoadReport:
     """Copy `enc`'s encoder into `model.backbone.net` (exact shapes required) and report by name."""
     model_sd = model.state_dict()
-    report = LoadReport(init=enc.name, new=[])
+    report = LoadReport(init=enc.name, sha256=enc.sha256)
     if enc.is_scratch:
         report.new = sorted(model_sd)
         return report
     mapped, report.unused = map_encoder_keys(enc.state_dict)
     report.notes = list(enc.notes)
-    report.unused.update({k: "decoder / mask token / classifier head: not part of the encoder"
-                          for k in enc.not_encoder})
+    report.unused.update({k: NOT_ENCODER_REASON for k in enc.not_encoder})
     missing = sorted(k for k in mapped if k not in model_sd)
     if missing:
         raise ArchitectureMismatchError(
@@ -138,8 +106,4 @@ def load_encoder(model: torch.nn.Module, enc: EncoderInit) -> LoadReport:
     assert not incompatible.unexpected_keys, incompatible.unexpected_keys  # checked above
     report.loaded = {k[len(PREFIX):]: k for k in mapped}
     report.new = sorted(incompatible.missing_keys)
-    pos = enc.state_dict.get("pos_embed")
-    if pos is not None:
-        side = int(round((pos.shape[1] - 1) ** 0.5))
-        report.pretrain_grid = (side, side)
     return report

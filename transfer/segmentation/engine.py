@@ -15,7 +15,6 @@ What this adds to mmseg's own `tools/train.py` / `tools/test.py`, and why:
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -23,7 +22,8 @@ from pathlib import Path
 
 import torch
 
-from mae_core.checkpoints import load_file, save_atomic, sha256_file
+from mae_core.checkpoints import LoadReport
+from mae_core.ckpt_io import load_file, save_atomic, sha256_file
 from mae_core.errors import ArchitectureMismatchError, CheckpointFormatError, ClassCountMismatchError, MAETransferError
 from mae_core.provenance import now_iso
 from mae_core.result import RunResult
@@ -32,7 +32,7 @@ from transfer.encoder_init import EncoderInit, read_encoder
 
 from . import CONFIG_DIR, PROTOCOLS
 from .data import check_ade20k
-from .weights import LoadReport, check_arch, convert_for_backbone
+from .weights import check_arch, convert_for_backbone, unexpected_new
 
 SEGMENTOR_FILE = "segmentor.pth"
 INIT_FILE = "init_weights.pth"
@@ -232,16 +232,16 @@ def attach_init(setup: RunSetup, init: str | Path, resume: bool) -> None:
     check_arch(setup.init.arch, cfg.model.backbone)
     backbone = MODELS.build(cfg.model.backbone)
     target = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
-    state_dict, setup.report = convert_for_backbone(setup.init.state_dict, target, setup.init.not_encoder,
-                                                    window=tuple(backbone.patch_shape))
-    if setup.report.unexpected_new:
+    state_dict, setup.report = convert_for_backbone(
+        setup.init.state_dict, target, setup.init.not_encoder, window=tuple(backbone.patch_shape),
+        init=setup.init.name, sha256=setup.init.sha256, notes=setup.init.notes)
+    if unexpected_new(setup.report):
         raise ArchitectureMismatchError("the converted checkpoint leaves backbone tensors unfilled: "
-                                        + ", ".join(setup.report.unexpected_new))
+                                        + ", ".join(unexpected_new(setup.report)))
     if is_main_process():
         work_dir.mkdir(parents=True, exist_ok=True)
         save_atomic({"state_dict": state_dict}, work_dir / INIT_FILE)
-        (work_dir / "init_report.json").write_text(json.dumps(
-            {"init": str(init), "sha256": setup.init.sha256, **setup.report.to_dict()}, indent=1))
+        setup.report.write(work_dir)
     _barrier()
     cfg.load_from = str(work_dir / INIT_FILE)
 

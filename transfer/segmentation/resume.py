@@ -2,7 +2,7 @@
 
 Safe: mmengine's checkpoints hold Python objects (`HistoryBuffer`, ...) that torch's safe loader refuses.
 `SegRunner.resume` loads only a checkpoint inside the run's own work dir, lifting the safe loader for that one
-call (INSTALL.md); a user's file never goes that way.
+call (docs/install.md); a user's file never goes that way.
 
 Exact: mmengine restores the model, optimizer, schedulers and iteration, and replays the data order by loading
 the finished iterations' batches again, so every rank's augmentation draws (NumPy, in the main process or in
@@ -64,7 +64,7 @@ def trusted_pickle_load():
 
 @RUNNERS.register_module()
 class SegRunner(Runner):
-    """mmengine's Runner whose resume unpickles only checkpoints of its own work dir (INSTALL.md)."""
+    """mmengine's Runner whose resume unpickles only checkpoints of its own work dir (docs/install.md)."""
 
     def resume(self, filename: str, *args, **kwargs) -> None:
         path, work_dir = Path(filename).resolve(), Path(self.work_dir).resolve()

@@ -9,22 +9,24 @@ ever loads a tensor-only state dict that the run itself wrote. The renames are b
 of tensors MAE never had, the per-block relative position bias (zero-initialised) and layer scale
 `gamma_1/2` (init 1.0): with those values it computes exactly the official ViT, so they are reported as
 new, not as a problem. The encoder's final `norm`/`fc_norm` has no place in the backbone (features are
-taken from inside the blocks): reported as unused.
+taken from inside the blocks): reported as unused. The report is `mae_core.checkpoints.LoadReport`,
+the detection adapter's too.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-
 import torch
 import torch.nn.functional as F
 
+from mae_core.checkpoints import LoadReport
 from mae_core.errors import ArchitectureMismatchError
 from mae_core.vit import resize_pos_embed
+from transfer.encoder_init import NOT_ENCODER_REASON
 
 PREFIX = "backbone."
 EXPECTED_NEW = ("relative_position_bias_table", "gamma_1", "gamma_2")  # MAE has none; defaults reproduce ViT
 REL_POS_EXTRA_TOKENS = 3  # cls->token, token->cls, cls->cls
+UNUSED_REASON = "mmseg's MAE backbone has no such tensor (features are taken from inside the blocks: no final norm)"
 
 
 def official_to_mmseg(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -64,39 +66,9 @@ def resize_rel_pos_bias(table: torch.Tensor, window: tuple[int, int]) -> torch.T
     return torch.cat([grid, extra], dim=0)
 
 
-@dataclass
-class LoadReport:
-    """What happened to every tensor: loaded into the backbone, new in the backbone, unused from the file."""
-
-    loaded: list[str] = field(default_factory=list)  # backbone keys filled from the checkpoint
-    new: list[str] = field(default_factory=list)  # backbone keys the checkpoint has no tensor for
-    unused: list[str] = field(default_factory=list)  # checkpoint keys (official names) the backbone has no place for
-    resized: dict[str, list] = field(default_factory=dict)  # key -> [old shape, new shape]
-
-    @property
-    def unexpected_new(self) -> list[str]:
-        """New keys other than relative-position bias and layer scale (whose defaults reproduce MAE's ViT)."""
-        return [k for k in self.new if not k.endswith(EXPECTED_NEW) and "relative_position_index" not in k]
-
-    def summary(self) -> str:
-        new_kinds = sorted({k.rsplit(".", 1)[-1] for k in self.new})
-        lines = [f"loaded {len(self.loaded)} backbone tensors; new in the backbone: {len(self.new)} "
-                 f"({', '.join(new_kinds) or 'none'}); unused from the checkpoint: {len(self.unused)}"]
-        if self.unused:
-            lines.append("  unused: " + ", ".join(self.unused[:12]) + (" ..." if len(self.unused) > 12 else ""))
-        if self.unexpected_new:
-            lines.append("  new (not relative position / layer scale): " + ", ".join(self.unexpected_new))
-        for key, (old, new) in self.resized.items():
-            lines.append(f"  resized {key}: {old} -> {new}")
-        return "\n".join(lines)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def compact(self) -> dict:
-        """For the run record: counts, and names only where something is not loaded."""
-        return {"loaded": len(self.loaded), "new": sorted({k.rsplit(".", 1)[-1] for k in self.new}),
-                "new_count": len(self.new), "unused": self.unused, "resized": self.resized}
+def unexpected_new(report: LoadReport) -> list[str]:
+    """New backbone keys other than relative-position bias and layer scale (whose defaults reproduce MAE's ViT)."""
+    return [k for k in report.new if not k.endswith(EXPECTED_NEW)]
 
 
 def check_arch(arch: dict, backbone_cfg: dict) -> None:
@@ -115,20 +87,23 @@ def check_arch(arch: dict, backbone_cfg: dict) -> None:
 
 
 def convert_for_backbone(encoder: dict[str, torch.Tensor], target: dict[str, torch.Tensor],
-                         not_encoder: list[str] = (), window: tuple[int, int] | None = None,
+                         not_encoder: list[str] = (), window: tuple[int, int] | None = None, *,
+                         init: str = "", sha256: str | None = None, notes: list[str] = (),
                          ) -> tuple[dict[str, torch.Tensor], LoadReport]:
     """Official encoder tensors -> a state dict for a model whose state dict is `target` (keys `backbone.*`).
 
     Position embeddings are resized to the target grid (bicubic, cls entry apart) and relative position
-    tables to the target window; any other shape difference is an architecture mismatch.
+    tables to the target window; any other shape difference is an architecture mismatch. `init`,
+    `sha256` and `notes` (the `EncoderInit`'s) go into the report as they are.
     """
     renamed = official_to_mmseg(encoder)
     back = {next(iter(official_to_mmseg({k: v}))): k for k, v in encoder.items()}  # mmseg -> official name
-    report = LoadReport(unused=sorted(not_encoder))
+    report = LoadReport(init=init, sha256=sha256, notes=list(notes),
+                        unused={k: NOT_ENCODER_REASON for k in not_encoder})
     out = {}
     for key, value in renamed.items():
         if key not in target:
-            report.unused.append(back.get(key, key))
+            report.unused[back.get(key, key)] = UNUSED_REASON
             continue
         want = target[key].shape
         if value.shape != want:
@@ -144,8 +119,8 @@ def convert_for_backbone(encoder: dict[str, torch.Tensor], target: dict[str, tor
                     f"{list(want)}: the checkpoint is another ViT size than the config's backbone")
             report.resized[key] = [old, list(want)]
         out[key] = value
-        report.loaded.append(key)
+        report.loaded[back.get(key, key)] = key
     report.new = sorted(k for k in target if k.startswith(PREFIX) and k not in out
                         and "relative_position_index" not in k)
-    report.unused = sorted(report.unused)
+    report.unused = dict(sorted(report.unused.items()))
     return out, report
