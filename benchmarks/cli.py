@@ -13,6 +13,7 @@ from .cli_args import Number, Parser, PathArg, add_dataclass_args, dataclass_fro
 
 
 def _cmd_pretrain(args) -> None:
+    """No run record: a pretraining run is measured by the transfer runs that start from its weights."""
     from mae_core.train.configs import PretrainConfig
     from mae_core.train.pretrain import pretrain
 

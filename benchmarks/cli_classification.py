@@ -11,16 +11,23 @@ Under torchrun only rank 0 writes the record.
 
 from __future__ import annotations
 
-import time
-
 from .cli_common import add_record_args, dataset_name, init_name, write_record
-from .records import make_record
+from .records import record_from_result
+
+
+def _write_records(args, result, data_path: str, init: str, **fields) -> dict | None:
+    """The run's record and one per related result (the cached probe's k-NN); rank 0 only, unless --no-record."""
+    if not (args.record and result.is_main):
+        return None
+    common = dict(dataset=dataset_name(args, data_path), init=init_name(args, init))
+    record = write_record(args, record_from_result(result, **common, **fields))
+    for other in result.related:
+        write_record(args, record_from_result(other, **common))
+    return record
 
 
 def _train_handler(task: str):
     def handler(args) -> dict | None:
-        from mae_core.ckpt_io import sha256_file
-
         from .cli_args import dataclass_from_args
 
         if task == "finetune":
@@ -30,51 +37,24 @@ def _train_handler(task: str):
             from mae_core.train.linprobe import LinprobeConfig as Config
             from mae_core.train.linprobe import linprobe as engine
         cfg = dataclass_from_args(Config, args)
-        result = engine(cfg)
-        if not (args.record and result.is_main):
-            return None
-        run, config = result.run, cfg.to_dict()
-        feature = (run.get("init_report") or {}).get("feature")
-        if feature:  # the feature the probe read (what `--feature auto` resolved to) and its norm
-            config.update(feature=feature["kind"], feature_option=cfg.feature, feature_norm=feature["norm"])
-        common = dict(dataset=dataset_name(args, cfg.data_path), init=init_name(args, cfg.init), arch=result.arch,
-                      config=config, checkpoint_sha256=run.get("init_sha256"), seed=cfg.seed,
-                      device=run.get("device"), started_at=run.get("started_at"),
-                      duration_s=round(result.duration_s, 3), git_commit=run.get("git_commit"),
-                      versions=run.get("versions"), world_size=run.get("world_size"), precision=run.get("precision"))
-        metrics = {k: v for k, v in result.metrics.items() if v is not None}
-        record = write_record(args, make_record(task=task, metrics=metrics, run_id=run.get("run_id"), **common,
-                                          headline_weights=result.weights, output={
-            "checkpoint": str(result.checkpoint), "sha256": sha256_file(result.checkpoint)}))
-        if getattr(result, "knn", None):  # the cached probe: k-NN on the same features, a record of its own
-            write_record(args, make_record(task="knn", metrics=result.knn, linprobe_run_id=run.get("run_id"), **common))
-        return record
+        return _write_records(args, engine(cfg), cfg.data_path, cfg.init)
     return handler
 
 
 def _eval_handler(args) -> dict | None:
-    from mae_core.provenance import now_iso
-    from mae_core.train.classification import checkpoint_sha256
     from mae_core.train.evaluate import EvalConfig, evaluate_checkpoint
 
     from .cli_args import dataclass_from_args
 
     cfg = dataclass_from_args(EvalConfig, args)
-    started, t0 = now_iso(), time.perf_counter()
-    res = evaluate_checkpoint(cfg)
-    if not res["is_main"]:
+    result = evaluate_checkpoint(cfg)
+    if not result.is_main:
         return None
-    print(f"{cfg.checkpoint}: top-1 {res['top1']:.3f}  top-5 {res['top5']:.3f}  loss {res['loss']:.4f}  "
-          f"({res['num_images']} images, {res['img_per_s']:.1f} img/s, {res['precision']} on {res['device']})")
-    if not args.record:
-        return None
-    metrics = {k: res[k] for k in ("top1", "top5", "loss", "num_images", "img_per_s")}
-    return write_record(args, make_record(
-        task=args.task or ("linprobe" if res["linear_probe"] else "finetune"),
-        dataset=dataset_name(args, cfg.data_path), init=init_name(args, cfg.checkpoint), arch=res["arch"],
-        metrics=metrics, config=cfg.to_dict(), checkpoint_sha256=checkpoint_sha256(cfg.checkpoint), seed=None,
-        device=res["device"], started_at=started, duration_s=round(time.perf_counter() - t0, 3), mode="eval",
-        world_size=res["world_size"], precision=res["precision"], checkpoint_format=res["format"]))
+    m = result.metrics
+    print(f"{cfg.checkpoint}: top-1 {m['top1']:.3f}  top-5 {m['top5']:.3f}  loss {m['loss']:.4f}  "
+          f"({m['num_images']} images, {m['img_per_s']:.1f} img/s, {result.provenance['precision']} on "
+          f"{result.device})")
+    return _write_records(args, result, cfg.data_path, cfg.checkpoint, **({"task": args.task} if args.task else {}))
 
 
 def add_classification_commands(subparsers) -> None:

@@ -53,7 +53,7 @@ def make_record(*, task: str, dataset: str, init: str, arch: str, metrics: dict,
 
 def record_from_result(result, *, dataset: str, init: str, **fields) -> dict:
     """The one translation of an engine's `RunResult` (mae_core/result.py) into a run record; `fields` add or
-    override record fields (e.g. a k-NN record's task and link)."""
+    override record fields (e.g. `maet eval --task`). The only caller of `make_record` in the commands."""
     p = result.provenance
     extra = {"mode": result.mode, "world_size": result.world_size, **result.extra}
     if result.epochs is not None:
@@ -62,11 +62,11 @@ def record_from_result(result, *, dataset: str, init: str, **fields) -> dict:
         extra["iteration"] = result.iterations
     if p.get("precision"):
         extra["precision"] = p["precision"]
-    return make_record(task=result.task, dataset=dataset, init=init, arch=result.arch, metrics=result.metrics,
-                       config=result.config, checkpoint_sha256=result.measured_sha256, seed=result.seed,
-                       device=result.device, started_at=result.started_at, duration_s=result.duration_s,
-                       run_id=p.get("run_id"), git_commit=p.get("git_commit"), versions=p.get("versions"),
-                       **{**extra, **fields})
+    named = dict(task=result.task, dataset=dataset, init=init, arch=result.arch, metrics=result.metrics,
+                 config=result.config, checkpoint_sha256=result.measured_sha256, seed=result.seed, device=result.device,
+                 started_at=result.started_at, duration_s=result.duration_s, run_id=p.get("run_id"),
+                 git_commit=p.get("git_commit"), versions=p.get("versions"))
+    return make_record(**{**named, **extra, **fields})
 
 
 def _check_metrics(metrics: dict, where: str = "metrics") -> None:

@@ -1,4 +1,4 @@
-"""What every engine hands back: one `RunResult` (pretraining, classification, detection, segmentation).
+"""What every engine hands back: one `RunResult` (pretraining, classification, evaluation, detection, segmentation).
 
 The engines measure; the command line files the measurement (benchmarks/records.py `record_from_result`
 turns a result into a run record), so no engine calls back into the CLI and the record's shape is decided
@@ -30,10 +30,11 @@ class RunResult:
     started_at: str | None = None
     provenance: dict = field(default_factory=dict)  # run_id, git_commit, versions, precision: when the engine knows
     extra: dict = field(default_factory=dict)  # task-specific record fields (history, init_report, evaluations...)
+    related: list[RunResult] = field(default_factory=list)  # more results of the same run, a record each (k-NN)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> RunResult:
-        return cls(**d)
+        return cls(**{**d, "related": [cls.from_dict(r) for r in d.get("related", [])]})

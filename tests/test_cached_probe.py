@@ -3,6 +3,7 @@ weighted k-NN against a brute-force re-computation, and `maet linprobe --probe c
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import numpy as np
@@ -62,13 +63,15 @@ def test_an_mae_file_gives_its_cls_token_or_its_normed_patch_mean(tmp_path):
         expected = {"cls": latent[:, 0], "avg": F.layer_norm(patch_mean, patch_mean.shape[-1:], mae.norm.weight,
                                                               mae.norm.bias, eps=1e-6)}
     for feature, kind in [("auto", "cls"), ("cls", "cls"), ("avg", "avg")]:
-        model, kwargs, report = probe(path, feature)
-        assert report["feature"]["kind"] == kind and kwargs["global_pool"] == (kind == "avg")
-        assert report["feature"]["norm"] == "norm"  # avg: the file's final norm (it has no fc_norm), and said so
-        assert not [k for k in report["missing"] if k.startswith(("norm.", "fc_norm."))]
+        model, kwargs, report, choice = probe(path, feature)
+        assert choice.kind == kind and kwargs["global_pool"] == (kind == "avg")
+        assert choice.norm == "norm"  # avg: the file's final norm (it has no fc_norm), and said so
+        assert not [k for k in report.new if k.startswith(("norm.", "fc_norm."))]
         with torch.no_grad():
             torch.testing.assert_close(pooled(model.eval(), x), expected[kind], rtol=1e-5, atol=1e-5)
-    assert "no fc_norm" in report["feature"]["why"]
+    assert "no fc_norm" in choice.why and any("no fc_norm" in n for n in report.notes)
+    # The load report names the file's keys: its norm went in as fc_norm, the decoder stayed out.
+    assert report.loaded["norm.weight"] == "fc_norm.weight" and "decoder_embed.weight" in report.unused
 
 
 def test_a_global_pool_classifier_is_probed_on_its_own_feature_and_cls_is_refused(tmp_path):
@@ -78,8 +81,8 @@ def test_a_global_pool_classifier_is_probed_on_its_own_feature_and_cls_is_refuse
         tokens = clf.forward_features(x)  # no final norm in this model: the blocks' output
         expected = F.layer_norm(tokens[:, 1:].mean(dim=1), tokens.shape[-1:], clf.fc_norm.weight, clf.fc_norm.bias,
                                 eps=1e-6)
-    model, kwargs, report = probe(tmp_path / "sup.pth")
-    assert report["feature"]["kind"] == "avg" and report["feature"]["norm"] == "fc_norm"
+    model, kwargs, report, choice = probe(tmp_path / "sup.pth")
+    assert choice.kind == "avg" and choice.norm == "fc_norm" and report.loaded["fc_norm.weight"] == "fc_norm.weight"
     with torch.no_grad():
         torch.testing.assert_close(pooled(model.eval(), x), expected, rtol=1e-5, atol=1e-5)
     with pytest.raises(FeatureMismatchError, match=r"no final norm .*--feature avg"):
@@ -87,7 +90,7 @@ def test_a_global_pool_classifier_is_probed_on_its_own_feature_and_cls_is_refuse
     # The official probe reads the same feature: fc_norm loaded, no norm left at a fresh init.
     recipe = make_recipe(tiny_linprobe_config(tmp_path, tmp_path, tmp_path / "sup.pth"))(6, DistInfo(), 0.1)
     assert recipe.model.global_pool == "avg" and torch.equal(recipe.model.fc_norm.weight, clf.fc_norm.weight)
-    assert recipe.init_report["feature"]["kind"] == "avg"
+    assert recipe.feature["kind"] == "avg"
 
 
 def test_a_file_without_any_final_norm_is_refused_and_scratch_defaults_to_cls():
@@ -198,11 +201,17 @@ def test_maet_linprobe_cached_writes_a_linprobe_and_a_knn_record(tiny_imagenet, 
     assert knn["checkpoint_sha256"] == lin["checkpoint_sha256"] is not None
     assert lin["metrics"]["steps"] >= 1 and lin["metrics"]["feature_dim"] == ENCODER["embed_dim"]
     assert lin["metrics"]["weight_decay"] in WD_GRID and 0 <= lin["metrics"]["cv_top1"] <= 100
+    # Both records carry the init's LoadReport (compact); the run folder holds it whole, as the adapters' do.
+    report = json.loads((out / "init_report.json").read_text())
+    assert lin["init_report"] == knn["init_report"] and lin["init_report"]["loaded"] == len(report["loaded"]) > 0
+    assert report["sha256"] == lin["checkpoint_sha256"] and "head.1.weight" in report["new"]
+    assert lin["headline_weights"] == "model" and lin["output"]["checkpoint"] == str(out / "linprobe.pth")
+    assert "output" not in knn and "headline_weights" not in knn and knn["precision"] == lin["precision"]
 
     # The saved classifier is the probe: `maet eval` measures the same top-1 again.
     again = evaluate_checkpoint(EvalConfig(data_path=str(tiny_imagenet), checkpoint=str(out / "linprobe.pth"),
                                            num_workers=0, progress=False))
-    assert again["top1"] == pytest.approx(lin["metrics"]["top1"]) and again["linear_probe"]
+    assert again.metrics["top1"] == pytest.approx(lin["metrics"]["top1"]) and again.task == "linprobe"
     # k-NN of the record = the brute-force vote on the saved encoder's features.
     model, _ = build_classifier_from_checkpoint(out / "linprobe.pth")
     feats = {}

@@ -99,10 +99,11 @@ def test_evaluates_official_and_timm_checkpoints(tiny_imagenet, tmp_path, layout
     torch.save({"model": sd} if layout == "official_finetuned" else sd, path)
     res = evaluate_checkpoint(EvalConfig(data_path=str(tiny_imagenet), checkpoint=str(path), num_workers=0,
                                          progress=False))
-    assert res["num_images"] == 12 and res["model_kwargs"]["global_pool"] == (pool == "avg")
-    assert res["format"] == ("official-finetuned" if layout == "official_finetuned" else "timm")
-    assert res["top1"] == pytest.approx(plain_top1(model, tiny_imagenet, TINY_IMG))
-    assert res["classes"] == sorted(p.name for p in (tiny_imagenet / "val").iterdir())  # sorted-synset order
+    assert res.metrics["num_images"] == 12 and build_classifier_from_checkpoint(path)[1]["model_kwargs"][
+        "global_pool"] == (pool == "avg")
+    assert res.extra["checkpoint_format"] == ("official-finetuned" if layout == "official_finetuned" else "timm")
+    assert res.metrics["top1"] == pytest.approx(plain_top1(model, tiny_imagenet, TINY_IMG))
+    assert res.task == "finetune" and res.mode == "eval" and res.measured_sha256 == sha256_file(path)
 
 
 def test_evaluates_a_hugging_face_vit_classification_folder(tiny_imagenet, tmp_path):
@@ -121,7 +122,7 @@ def test_evaluates_a_hugging_face_vit_classification_folder(tiny_imagenet, tmp_p
         torch.testing.assert_close(model.eval()(x), hf(pixel_values=x).logits, rtol=1e-5, atol=1e-5)
     res = evaluate_checkpoint(EvalConfig(data_path=str(tiny_imagenet), checkpoint=str(tmp_path / "hf"),
                                          num_workers=0, progress=False))
-    assert res["top1"] == pytest.approx(plain_top1(model, tiny_imagenet, TINY_IMG))
+    assert res.metrics["top1"] == pytest.approx(plain_top1(model, tiny_imagenet, TINY_IMG))
     digest = checkpoint_sha256(tmp_path / "hf")  # a folder's provenance: its files' names and contents
     assert len(digest) == 64 and digest == checkpoint_sha256(tmp_path / "hf")
     (tmp_path / "hf" / "config.json").write_text((tmp_path / "hf" / "config.json").read_text() + " ")
@@ -135,7 +136,7 @@ def test_evaluates_our_linear_probe_checkpoint(tiny_imagenet, tmp_path):
                                                                               "linear_probe": True}})
     res = evaluate_checkpoint(EvalConfig(data_path=str(tiny_imagenet), checkpoint=str(path), num_workers=0,
                                          progress=False))
-    assert res["linear_probe"] and res["top1"] == pytest.approx(plain_top1(model, tiny_imagenet, TINY_IMG))
+    assert res.task == "linprobe" and res.metrics["top1"] == pytest.approx(plain_top1(model, tiny_imagenet, TINY_IMG))
 
 
 def test_head_and_class_count_mismatch_is_a_clear_error(tiny_imagenet, tmp_path):

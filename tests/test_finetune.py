@@ -205,8 +205,17 @@ def test_finetune_run_writes_checkpoint_log_and_metrics(tiny_imagenet, tmp_path)
     assert meta["classes"] == sorted(p.name for p in (tiny_imagenet / "val").iterdir())
     assert meta["model_kwargs"]["num_classes"] == 6 and meta["model_kwargs"]["drop_path_rate"] == 0.1
     assert 0.0 <= result.metrics["top1"] <= 100.0 and result.metrics["top5"] >= result.metrics["top1"]
-    assert result.run["init_sha256"] == sha256_file(init)
-    assert set(result.run["init_report"]["missing"]) == {"head.weight", "head.bias", "fc_norm.weight", "fc_norm.bias"}
+    assert result.measured_sha256 == sha256_file(init)
+    # The init report is the adapters' LoadReport, in the run folder and (compact) in the result's record fields.
+    report = json.loads((tmp_path / "out" / "init_report.json").read_text())
+    assert set(report["new"]) == {"head.weight", "head.bias", "fc_norm.weight", "fc_norm.bias"}
+    assert report["init"] == "mae.pth" and report["sha256"] == sha256_file(init)
+    in_file = set(load_file(init)["model"])
+    not_encoder = {k for k in in_file if k.startswith(("decoder", "mask_token"))} | {"norm.weight", "norm.bias"}
+    assert set(report["loaded"]) == in_file - not_encoder and set(report["unused"]) == not_encoder
+    assert "no final norm" in report["unused"]["norm.weight"]
+    assert result.extra["init_report"]["loaded"] == len(report["loaded"]) and result.extra["init_report"]["new"] == {
+        "head.weight": 1, "head.bias": 1, "fc_norm.weight": 1, "fc_norm.bias": 1}
 
     log = [json.loads(line) for line in (tmp_path / "out" / "log.jsonl").read_text().splitlines()]
     steps = [r for r in log if "step" in r]
@@ -305,7 +314,7 @@ def test_tiny_mae_finetuned_and_scratch_and_linear_probe_write_run_records(tiny_
     pre = PretrainConfig(data_path=str(tiny_imagenet), output_dir=str(tmp_path / "pretrain"), img_size=TINY_IMG,
                          epochs=2, warmup_epochs=1, batch_size=8, blr=5e-3, num_workers=0, progress=False,
                          keep_every=0, **TINY_MODEL)
-    mae = pretrain(pre)
+    mae = pretrain(pre).checkpoint
     runs = str(tmp_path / "runs")
     common = ["--data-path", str(tiny_imagenet), "--model", "vit_tiny_patch16", "--model-kwargs", json.dumps(ENCODER),
               "--img-size", str(TINY_IMG), "--epochs", "2", "--warmup-epochs", "1", "--batch-size", "8",

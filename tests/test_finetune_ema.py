@@ -92,7 +92,7 @@ def test_ema_run_records_the_ema_as_headline_and_leaves_training_unchanged(tiny_
 
     # The EMA draws no random numbers: the trained model is bitwise the one of a run without it.
     plain = finetune(tiny_finetune_config(tiny_imagenet, tmp_path / "plain", **common))
-    assert plain.weights == "model" and "top1_raw" not in plain.metrics
+    assert plain.extra["headline_weights"] == "model" and "top1_raw" not in plain.metrics
     without = load_file(tmp_path / "plain" / LAST)
     assert "ema" not in without
     assert all(torch.equal(last["model"][k], without["model"][k]) for k in last["model"])

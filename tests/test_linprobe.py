@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -87,7 +88,7 @@ def test_head_is_bn_without_affine_then_linear_and_only_it_trains(tmp_path):
     assert isinstance(recipe.optimizer, LARS)
     assert {id(p) for g in recipe.optimizer.param_groups for p in g["params"]} == {id(p) for p in linear.parameters()}
     assert recipe.optimizer.param_groups[0]["weight_decay"] == 0.0
-    missing = set(recipe.init_report["missing"]) - {"head.0.num_batches_tracked"}  # BN fills that one itself
+    missing = set(recipe.init_report.new) - {"head.0.num_batches_tracked"}  # BN fills that one itself
     assert missing == {"head.0.running_mean", "head.0.running_var", "head.1.weight", "head.1.bias"}
 
 
@@ -119,7 +120,8 @@ def test_linear_probe_trains_the_head_only(tiny_imagenet, tmp_path):
     assert "head.0.weight" not in trained and "head.0.bias" not in trained  # BN without affine
     assert trained["head.0.num_batches_tracked"] == 8  # 64 images / batch 8
     assert torch.count_nonzero(trained["head.0.running_mean"]) > 0
-    assert result.run["lr"] == pytest.approx(0.1 * 8 / 256)  # blr x effective batch / 256
+    run = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert run["lr"] == pytest.approx(0.1 * 8 / 256)  # blr x effective batch / 256
     assert 0.0 <= result.metrics["top1"] <= 100.0
 
 
@@ -139,5 +141,5 @@ def test_two_gloo_processes_train_the_probe_and_measure_the_saved_model(tiny_ima
     again = evaluate_checkpoint(EvalConfig(data_path=str(tiny_imagenet), checkpoint=str(tmp_path / "out" /
                                                                                       "linprobe.pth"),
                                            num_workers=0, progress=False))
-    assert saved["meta"]["metrics"]["loss"] == pytest.approx(again["loss"], rel=1e-6)
+    assert saved["meta"]["metrics"]["loss"] == pytest.approx(again.metrics["loss"], rel=1e-6)
     assert saved["meta"]["run"]["world_size"] == 2

@@ -74,8 +74,8 @@ def test_an_epochs_leftover_micro_batches_do_not_reach_the_next_epochs_first_upd
 
 # ---------------------------------------------------------------- a run
 def test_pretrain_writes_our_checkpoint_log_and_config(tiny_imagenet, tmp_path):
-    final = pretrain(tiny_config(tiny_imagenet, tmp_path, epochs=2))
-    ckpt = torch.load(final, weights_only=True)
+    result = pretrain(tiny_config(tiny_imagenet, tmp_path, epochs=2))
+    ckpt = torch.load(result.checkpoint, weights_only=True)
     assert set(ckpt) == {"model", "meta"}
     meta = ckpt["meta"]
     assert meta["arch"] == "mae_vit_tiny_patch16" and meta["img_size"] == TINY_IMG and meta["patch_size"] == 8
@@ -90,6 +90,11 @@ def test_pretrain_writes_our_checkpoint_log_and_config(tiny_imagenet, tmp_path):
     assert max(r["lr"] for r in steps) == pytest.approx(1e-3 * 8 / 256, rel=0.2)
     assert json.loads((tmp_path / "config.json").read_text())["config"]["batch_size"] == 8
     assert not list(tmp_path.glob("*.tmp"))
+    # The engine's RunResult: its file, and the last epoch's mean loss as the log holds it.
+    epoch_losses = [r["epoch_loss"] for r in log if "epoch_loss" in r]
+    assert (result.task, result.arch, result.epochs, result.checkpoint) == (
+        "pretrain", "mae_vit_tiny_patch16", 2, str(tmp_path / FINAL))
+    assert result.metrics == {"loss": epoch_losses[-1]} and result.provenance["run_id"] == meta["run"]["run_id"]
 
 
 def test_loss_falls_when_training(tiny_imagenet, tmp_path):
@@ -186,7 +191,7 @@ def test_two_gloo_processes_match_one_process_at_the_same_global_batch(tiny_imag
 
 
 def test_bf16_autocast_runs_on_cpu_and_fp16_is_refused_without_cuda(tiny_imagenet, tmp_path):
-    final = pretrain(tiny_config(tiny_imagenet, tmp_path / "bf16", epochs=1, precision="bf16"))
+    final = pretrain(tiny_config(tiny_imagenet, tmp_path / "bf16", epochs=1, precision="bf16")).checkpoint
     assert all(torch.isfinite(t).all() for t in weights(final).values())
     if not torch.cuda.is_available():
         with pytest.raises(OptionError, match="fp16 .* needs CUDA"):

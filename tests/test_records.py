@@ -7,8 +7,9 @@ import multiprocessing
 
 import pytest
 
-from benchmarks.records import FIELDS, append_record, make_record, read_records, results_dir
+from benchmarks.records import FIELDS, append_record, make_record, read_records, record_from_result, results_dir
 from mae_core import provenance
+from mae_core.result import RunResult
 
 CONTRACT = {"run_id", "task", "dataset", "init", "arch", "metrics", "config", "git_commit", "checkpoint_sha256",
             "seed", "device", "versions", "started_at", "duration_s"}
@@ -29,6 +30,26 @@ def test_a_record_holds_the_contract_fields_with_provenance(monkeypatch):
     assert r["git_commit"] == "f" * 40 + "+dirty" and r["versions"]["torch"] and r["started_at"].endswith("+00:00")
     assert len(r["run_id"]) == 12 and record()["run_id"] != r["run_id"]
     assert json.loads(json.dumps(r)) == r
+
+
+def test_a_run_result_becomes_a_record_with_its_provenance_and_overrides():
+    """`record_from_result` is the one translation: every RunResult field lands where the contract says."""
+    knn = RunResult(task="knn", metrics={"top1": 40.0}, arch="vit_tiny", config={"probe": "cached"},
+                    extra={"linprobe_run_id": "abc"})
+    result = RunResult(task="linprobe", metrics={"top1": 50.0}, arch="vit_tiny", config={"probe": "cached"}, seed=3,
+                       duration_s=1.5, measured_sha256="cd" * 32, device="cpu", started_at="2026-01-01T00:00:00+00:00",
+                       provenance={"run_id": "abc", "git_commit": "e" * 40, "versions": {"torch": "2.x"},
+                                   "precision": "fp32"}, extra={"headline_weights": "model"}, related=[knn])
+    r = record_from_result(result, dataset="synthetic", init="mae", protocol="p")
+    assert (r["run_id"], r["task"], r["dataset"], r["init"], r["seed"], r["checkpoint_sha256"], r["git_commit"]) == (
+        "abc", "linprobe", "synthetic", "mae", 3, "cd" * 32, "e" * 40)
+    assert (r["mode"], r["world_size"], r["precision"], r["headline_weights"], r["protocol"]) == (
+        "train", 1, "fp32", "model", "p")
+    assert "related" not in r and "provenance" not in r and "epochs" not in r and "iteration" not in r
+    assert record_from_result(result, dataset="d", init="i", task="finetune")["task"] == "finetune"  # an override
+    k = record_from_result(result.related[0], dataset="d", init="i")
+    assert k["task"] == "knn" and k["linprobe_run_id"] == "abc" and k["run_id"] != "abc"
+    assert RunResult.from_dict(json.loads(json.dumps(result.to_dict()))) == result  # detection's process hand-off
 
 
 def test_append_writes_one_line_per_record_per_task(tmp_path):

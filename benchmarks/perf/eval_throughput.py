@@ -82,9 +82,10 @@ def run_maet(checkpoint: str, data_path: str, split: str, batch: int, workers: i
              precision: str) -> dict:
     res = evaluate_checkpoint(EvalConfig(data_path=data_path, checkpoint=checkpoint, split=split, batch_size=batch,
                                          num_workers=workers, device=device, precision=precision, progress=False))
-    hits = round(res["top1"] * res["num_images"] / 100)
-    return {"top1_hits": hits, "num_images": res["num_images"], "top1": res["top1"], "img_per_s": res["img_per_s"],
-            "seconds": res["seconds"]}
+    m = res.metrics
+    hits = round(m["top1"] * m["num_images"] / 100)
+    return {"top1_hits": hits, "num_images": m["num_images"], "top1": m["top1"], "img_per_s": m["img_per_s"],
+            "seconds": m["num_images"] / m["img_per_s"]}
 
 
 RUNNERS = {"maet": run_maet, "timm": run_timm}

@@ -17,10 +17,10 @@ reads the same features. The saved classifier has the official probe's layout (`
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -32,7 +32,8 @@ from ..data import build_eval_transform
 from ..errors import OptionError
 from ..models_vit import arch_name
 from ..provenance import git_commit, now_iso, versions
-from .classification import FINAL, ClassifierRun, checkpoint_sha256, classification_datasets
+from ..result import RunResult
+from .classification import FINAL, checkpoint_sha256, classification_datasets, classifier_result
 from .distributed import DistInfo, cleanup, init_distributed
 from .evaluate import eval_loader, topk_correct
 from .features import extract, probe_classifier
@@ -41,13 +42,6 @@ from .metrics import MetricsLog
 from .precision import resolve_precision
 
 WD_GRID = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # the L2 penalties cross-validation chooses from
-
-
-@dataclass
-class CachedProbeRun(ClassifierRun):
-    """A finished cached probe: the linear probe's result, and the k-NN one on the same features."""
-
-    knn: dict = field(default_factory=dict)  # top1, top5
 
 
 def fit_head(head: nn.Sequential, x: torch.Tensor, y: torch.Tensor, steps: int = 1000, weight_decay: float = 1e-3,
@@ -122,8 +116,11 @@ def evaluate_head(head: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
             "loss": F.cross_entropy(logits, y).item()}
 
 
-def cached_linprobe(cfg) -> CachedProbeRun:
-    """Extract the features of `cfg.init`'s frozen encoder, fit the head, run k-NN, save the classifier."""
+def cached_linprobe(cfg) -> RunResult:
+    """Extract the features of `cfg.init`'s frozen encoder, fit the head, run k-NN, save the classifier.
+
+    Returns the linear probe's result; the k-NN one on the same features (task `knn`) is in its `related`.
+    """
     info = init_distributed(cfg.device)
     try:
         if info.enabled:
@@ -134,21 +131,23 @@ def cached_linprobe(cfg) -> CachedProbeRun:
         cleanup(info)
 
 
-def _run(cfg, info: DistInfo) -> CachedProbeRun:
+def _run(cfg, info: DistInfo) -> RunResult:
     t_start, out = time.perf_counter(), Path(cfg.output_dir)
     precision = resolve_precision(cfg.precision, info.device)
     train_set, val_set, num_classes = classification_datasets(cfg, build_eval_transform(cfg.img_size), cfg.img_size)
-    model, kwargs, report = probe_classifier(cfg.model, cfg.model_kwargs, cfg.img_size, num_classes, cfg.init,
-                                             cfg.feature, cfg.seed)
+    model, kwargs, report, choice = probe_classifier(cfg.model, cfg.model_kwargs, cfg.img_size, num_classes,
+                                                     cfg.init, cfg.feature, cfg.seed)
     model.to(info.device)
-    arch, feature = arch_name(kwargs), report["feature"]
+    arch, feature = arch_name(kwargs), choice.as_dict()
     run = {"run_id": uuid.uuid4().hex[:12], "task": "linprobe", "probe": "cached", "git_commit": git_commit(),
            "started_at": now_iso(), "seed": cfg.seed, "config": cfg.to_dict(), "versions": versions(),
            "device": str(info.device), "world_size": 1, "precision": precision, "init": cfg.init,
            "init_sha256": checkpoint_sha256(cfg.init) if cfg.init != "scratch" else None,
-           "init_report": report, "feature": feature, "classes": train_set.classes}
+           "init_report": report.compact(), "feature": feature, "classes": train_set.classes}
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(run, indent=2, default=str))
+    report.sha256 = run["init_sha256"]
+    report.write(out)
     print(f"linprobe (cached features) {arch} from {cfg.init} on {len(train_set)} images / {num_classes} classes, "
           f"{info.device}, {precision}; feature {feature['kind']}: {feature['why']}")
 
@@ -178,5 +177,9 @@ def _run(cfg, info: DistInfo) -> CachedProbeRun:
     print(f"linprobe (cached) finished: val top-1 {lin['top1']:.2f} (train top-1 {fit['train_top1']:.2f}, L2 {wd:g}"
           f"{chosen}, {fit['steps']} L-BFGS steps); k-NN (k={cfg.knn_k}, T={cfg.knn_temperature}) top-1 "
           f"{knn['top1']:.2f}; weights: {final}")
-    return CachedProbeRun(checkpoint=final, arch=arch, metrics=metrics, run=run, is_main=True, duration_s=duration,
-                          knn=knn)
+    result = classifier_result("linprobe", cfg, run, arch=arch, metrics=metrics, checkpoint=final, is_main=True,
+                               duration_s=duration, report=report, feature=feature, headline_weights="model")
+    knn_extra = {"linprobe_run_id": run["run_id"], "init_report": result.extra["init_report"]}
+    result.related = [dataclasses.replace(result, task="knn", metrics=knn, extra=knn_extra,
+                                          provenance={**result.provenance, "run_id": None})]
+    return result

@@ -12,7 +12,6 @@ and `config.json`. Started again on the same folder, a run resumes where it stop
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 import uuid
@@ -26,15 +25,16 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from ..checkpoints import save_mae_checkpoint
+from ..checkpoints import LoadReport, save_mae_checkpoint
 from ..ckpt_io import sha256_file
 from ..data import ImageFolderDataset, build_eval_transform
 from ..errors import ClassCountMismatchError, DatasetLayoutError
 from ..models_vit import arch_name
 from ..provenance import git_commit, now_iso, versions
+from ..result import RunResult
 from .distributed import DistInfo, barrier, cleanup, init_distributed, train_loader
 from .ema import summarise, update_count
-from .evaluate import eval_loader, evaluate
+from .evaluate import checkpoint_sha256, eval_loader, evaluate  # noqa: F401  (checkpoint_sha256: public here)
 from .metrics import MetricsLog
 from .optim import lr_at, scaled_lr, set_lr
 from .precision import autocast, grad_scaler, resolve_precision
@@ -55,33 +55,12 @@ class Recipe:
     criterion: nn.Module
     mixup: Callable | None = None  # (images, labels) -> (mixed images, soft targets)
     clip_grad: float | None = None
-    init_report: dict = field(default_factory=dict)  # missing / unexpected keys of the --init load
+    init_report: LoadReport = field(default_factory=LoadReport)  # the --init load, tensor by tensor
     model_ema: nn.Module | None = None  # timm's ModelEmaV3 of `model`, updated after each optimiser step
-
-
-@dataclass
-class ClassifierRun:
-    """What a finished run hands back (the CLI turns it into a run record)."""
-
-    checkpoint: Path
-    arch: str
-    metrics: dict  # top1, top5, loss of the last epoch (the EMA's if any: then also *_ema, *_raw); best_top1, ...
-    run: dict  # provenance: run_id, git_commit, started_at, config, versions, device, init_sha256, ...
-    is_main: bool
-    duration_s: float  # training time over all resumed parts of the run
-    weights: str = "model"  # what the headline metrics and the final file are: 'model', or 'ema' (its EMA)
+    feature: dict | None = None  # a probe's feature (features.FeatureChoice.as_dict()), for the record's config
 
 
 MakeRecipe = Callable[[int, DistInfo, float], Recipe]  # (num_classes, dist info, peak lr) -> Recipe
-
-
-def checkpoint_sha256(path: str | Path) -> str:
-    """sha256 of a checkpoint file; of a checkpoint folder (Hugging Face), over its files' names and hashes."""
-    path = Path(path)
-    if not path.is_dir():
-        return sha256_file(path)
-    lines = [f"{f.relative_to(path).as_posix()}\0{sha256_file(f)}\n" for f in sorted(path.rglob("*")) if f.is_file()]
-    return hashlib.sha256("".join(lines).encode()).hexdigest()
 
 
 def sync_buffers(model: nn.Module, info: DistInfo) -> None:
@@ -123,7 +102,24 @@ def train_one_epoch(model, recipe: Recipe, loader, scaler, epoch: int, cfg, info
     return {"loss": sum(losses) / max(len(losses), 1), "img_per_s": seen / (time.perf_counter() - t0)}
 
 
-def train_classifier(cfg, task: str, train_transform, make_recipe: MakeRecipe) -> ClassifierRun:
+def classifier_result(task: str, cfg, run: dict, *, arch: str, metrics: dict, checkpoint: Path, is_main: bool,
+                      duration_s: float, report: LoadReport, feature: dict | None = None, **extra) -> RunResult:
+    """A finished fine-tune or probe as every engine hands it back (mae_core/result.py). `run` is the provenance
+    of the run's first part (a resumed run keeps it); `metrics` of the last epoch (the EMA's if any, then also
+    *_ema, *_raw), best_top1, ...; `extra` become record fields."""
+    config = cfg.to_dict()
+    if feature:  # the feature the probe read (what `--feature auto` resolved to) and its norm
+        config.update(feature=feature["kind"], feature_option=cfg.feature, feature_norm=feature["norm"])
+    output = {"checkpoint": str(checkpoint), **({"sha256": sha256_file(checkpoint)} if is_main else {})}
+    return RunResult(task=task, metrics={k: v for k, v in metrics.items() if v is not None}, arch=arch,
+                     config=config, checkpoint=str(checkpoint), seed=cfg.seed, duration_s=round(duration_s, 3),
+                     is_main=is_main, measured_sha256=run.get("init_sha256"), device=run.get("device"),
+                     world_size=run.get("world_size") or 1, started_at=run.get("started_at"),
+                     provenance={k: run.get(k) for k in ("run_id", "git_commit", "versions", "precision")},
+                     extra={**extra, "output": output, "init_report": report.compact()})
+
+
+def train_classifier(cfg, task: str, train_transform, make_recipe: MakeRecipe) -> RunResult:
     """Run (or resume) a fine-tune or linear probe described by `cfg` and `make_recipe`."""
     info = init_distributed(cfg.device)
     try:
@@ -146,7 +142,7 @@ def classification_datasets(cfg, train_transform, img_size: int) -> tuple[ImageF
     return train, val, num_classes
 
 
-def _train(cfg, task: str, train_transform, make_recipe: MakeRecipe, info: DistInfo) -> ClassifierRun:
+def _train(cfg, task: str, train_transform, make_recipe: MakeRecipe, info: DistInfo) -> RunResult:
     t_start, out = time.perf_counter(), Path(cfg.output_dir)
     precision = resolve_precision(cfg.precision, info.device)
     train_set, val_set, num_classes = classification_datasets(cfg, train_transform, cfg.img_size)
@@ -164,7 +160,7 @@ def _train(cfg, task: str, train_transform, make_recipe: MakeRecipe, info: DistI
            "seed": cfg.seed, "config": cfg.to_dict(), "versions": versions(), "device": str(info.device),
            "world_size": info.world_size, "precision": precision, "effective_batch": effective_batch, "lr": peak_lr,
            "init": cfg.init, "init_sha256": init_sha256,
-           "init_report": recipe.init_report, "classes": train_set.classes}
+           "init_report": recipe.init_report.compact(), "classes": train_set.classes}
     start_epoch, elapsed, best = 0, 0.0, {"top1": -1.0, "epoch": -1}
     resume_path = find_resume(cfg.resume_from, out, cfg.resume)
     if resume_path is not None:
@@ -180,6 +176,8 @@ def _train(cfg, task: str, train_transform, make_recipe: MakeRecipe, info: DistI
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(run, indent=2, default=str))
+        recipe.init_report.sha256 = init_sha256
+        recipe.init_report.write(out)
         log.truncate_from_epoch(start_epoch)
         trainable = sum(p.numel() for p in recipe.model.parameters() if p.requires_grad)
         print(f"{task} {arch_name(recipe.model_kwargs)} ({trainable / 1e6:.2f}M trainable params) from {cfg.init} "
@@ -235,5 +233,6 @@ def _train(cfg, task: str, train_transform, make_recipe: MakeRecipe, info: DistI
         print(f"{task} finished: val top-1 {metrics['top1']:.2f}{' (EMA)' if ema else ''} (best {best['top1']:.2f}); "
               f"weights{' (the EMA)' if ema else ''}: {final}")
     barrier(info)
-    return ClassifierRun(checkpoint=final, arch=arch_name(recipe.model_kwargs), metrics=metrics, run=run,
-                         is_main=info.is_main, duration_s=duration, weights=weights["weights"])
+    return classifier_result(task, cfg, run, arch=arch_name(recipe.model_kwargs), metrics=metrics, checkpoint=final,
+                             is_main=info.is_main, duration_s=duration, report=recipe.init_report,
+                             feature=recipe.feature, headline_weights=weights["weights"])

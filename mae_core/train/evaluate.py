@@ -9,17 +9,22 @@ exact for any number of processes.
 
 from __future__ import annotations
 
+import hashlib
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
+from ..ckpt_io import sha256_file
 from ..data import ImageFolderDataset, build_eval_transform
 from ..errors import ClassCountMismatchError
 from ..models_vit import arch_name, build_classifier_from_checkpoint, linear_layer
+from ..provenance import now_iso
+from ..result import RunResult
 from .configs import EvalConfig
 from .distributed import DistInfo, all_reduce_sum, cleanup, init_distributed
 from .precision import autocast, resolve_precision
@@ -30,6 +35,15 @@ def topk_correct(logits: torch.Tensor, target: torch.Tensor, ks=(1, 5)) -> list[
     maxk = min(max(ks), logits.shape[1])
     hit = logits.topk(maxk, dim=1).indices.eq(target[:, None])
     return [hit[:, :min(k, maxk)].any(dim=1).sum() for k in ks]
+
+
+def checkpoint_sha256(path: str | Path) -> str:
+    """sha256 of a checkpoint file; of a checkpoint folder (Hugging Face), over its files' names and hashes."""
+    path = Path(path)
+    if not path.is_dir():
+        return sha256_file(path)
+    lines = [f"{f.relative_to(path).as_posix()}\0{sha256_file(f)}\n" for f in sorted(path.rglob("*")) if f.is_file()]
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
 
 
 def check_class_count(num_classes: int, dataset: ImageFolderDataset, source: str) -> None:
@@ -76,8 +90,12 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device, p
             "img_per_s": n / seconds, "seconds": seconds}
 
 
-def evaluate_checkpoint(cfg: EvalConfig) -> dict:
-    """`maet eval`: rebuild the classifier a checkpoint holds and evaluate it on `data_path/split`."""
+def evaluate_checkpoint(cfg: EvalConfig) -> RunResult:
+    """`maet eval`: rebuild the classifier a checkpoint holds and evaluate it on `data_path/split`.
+
+    The result's task is the protocol the file belongs to: linprobe for a BN head, else finetune.
+    """
+    started, t0 = now_iso(), time.perf_counter()
     info = init_distributed(cfg.device)
     try:
         precision = resolve_precision(cfg.precision, info.device)
@@ -94,9 +112,13 @@ def evaluate_checkpoint(cfg: EvalConfig) -> dict:
         metrics = evaluate(model, eval_loader(dataset, cfg.batch_size, cfg.num_workers, info), info.device,
                            precision, info, progress=cfg.progress and info.is_main)
         kwargs = loaded["model_kwargs"]
-        return {**metrics, "arch": loaded["meta"].get("arch") or arch_name(kwargs), "model_kwargs": kwargs,
-                "classes": dataset.classes, "img_size": img_size, "precision": precision, "format": loaded["format"],
-                "device": str(info.device), "world_size": info.world_size, "is_main": info.is_main,
-                "linear_probe": bool(kwargs.get("linear_probe"))}
+        return RunResult(
+            task="linprobe" if kwargs.get("linear_probe") else "finetune",
+            metrics={k: metrics[k] for k in ("top1", "top5", "loss", "num_images", "img_per_s")},
+            arch=loaded["meta"].get("arch") or arch_name(kwargs), config=cfg.to_dict(), checkpoint=str(cfg.checkpoint),
+            duration_s=round(time.perf_counter() - t0, 3), is_main=info.is_main, mode="eval",
+            measured_sha256=checkpoint_sha256(cfg.checkpoint) if info.is_main else None, device=str(info.device),
+            world_size=info.world_size, started_at=started, provenance={"precision": precision},
+            extra={"checkpoint_format": loaded["format"]})
     finally:
         cleanup(info)

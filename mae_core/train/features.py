@@ -20,10 +20,12 @@ from timm.models.vision_transformer import VisionTransformer
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from ..checkpoints import LoadReport
 from ..errors import FeatureMismatchError
 from ..formats import CheckpointInfo, sniff
-from ..models_vit import build_classifier, classifier_kwargs, load_init_checkpoint
+from ..models_vit import build_classifier, classifier_kwargs
 from .configs import FEATURES
+from .init_report import load_classifier_init
 from .precision import autocast
 
 
@@ -72,23 +74,27 @@ def _with_norm_as_fc_norm(info: CheckpointInfo) -> CheckpointInfo:
 
 
 def probe_classifier(model: str, model_kwargs: dict, img_size: int, num_classes: int, init: str, feature: str,
-                     seed: int) -> tuple[VisionTransformer, dict, dict]:
+                     seed: int) -> tuple[VisionTransformer, dict, LoadReport, FeatureChoice]:
     """The linear-probe classifier (frozen encoder, BN + linear head) pooling the chosen feature, loaded from
-    `init` (any format, or 'scratch'). Returns (model, constructor kwargs, load report with `feature`)."""
+    `init` (any format, or 'scratch'). Returns (model, constructor kwargs, load report, feature choice)."""
     info = None if init == "scratch" else sniff(init)
     choice = choose_feature(info, feature)
     kwargs = classifier_kwargs(model, img_size=img_size, num_classes=num_classes, global_pool=choice.kind == "avg",
                                drop_path_rate=0.0, linear_probe=True, **model_kwargs)
     torch.manual_seed(seed)
     clf = build_classifier(**kwargs)
-    report = {}
-    if info is not None:
-        report = load_init_checkpoint(clf, _with_norm_as_fc_norm(info) if choice.norm == "norm" and
-                                      choice.kind == "avg" else info)
-        fresh = [k for k in report["missing"] if k.startswith(("norm.", "fc_norm."))]
-        if fresh:  # choose_feature should have refused: never probe through a fresh norm
-            raise FeatureMismatchError(f"{init}: {fresh} are not in the file; the {choice.kind} feature needs them")
-    return clf, kwargs, {**report, "feature": choice.as_dict()}
+    if info is None:
+        return clf, kwargs, load_classifier_init(clf, init), choice
+    renamed = {}
+    if choice.norm == "norm" and choice.kind == "avg":  # the mean of patch tokens through the file's final norm
+        info = _with_norm_as_fc_norm(info)
+        renamed = {k: "norm." + k[len("fc_norm."):] for k in info.state_dict if k.startswith("fc_norm.")}
+    report = load_classifier_init(clf, init, info, renamed)
+    report.notes.append(f"probe feature: {choice.why}")
+    fresh = [k for k in report.new if k.startswith(("norm.", "fc_norm."))]
+    if fresh:  # choose_feature should have refused: never probe through a fresh norm
+        raise FeatureMismatchError(f"{init}: {fresh} are not in the file; the {choice.kind} feature needs them")
+    return clf, kwargs, report, choice
 
 
 def pooled(model: VisionTransformer, imgs: torch.Tensor) -> torch.Tensor:

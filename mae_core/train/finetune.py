@@ -23,12 +23,13 @@ from ..models_vit import (
     build_classifier,
     classifier_kwargs,
     init_head,
-    load_init_checkpoint,
 )
-from .classification import ClassifierRun, Recipe, train_classifier
+from ..result import RunResult
+from .classification import Recipe, train_classifier
 from .configs import FinetuneConfig
 from .distributed import DistInfo
 from .ema import build_model_ema
+from .init_report import load_classifier_init
 from .layer_decay import param_groups_layer_decay
 
 
@@ -66,9 +67,8 @@ def make_recipe(cfg: FinetuneConfig):
                                    global_pool=cfg.global_pool, drop_path_rate=cfg.drop_path, **cfg.model_kwargs)
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         model = build_classifier(**kwargs)
-        report = {}
+        report = load_classifier_init(model, cfg.init)
         if cfg.init != "scratch":
-            report = load_init_checkpoint(model, cfg.init)
             init_head(model, std=2e-5)
         model.to(info.device)
         groups = param_groups_layer_decay(model, cfg.weight_decay, cfg.layer_decay)
@@ -80,6 +80,6 @@ def make_recipe(cfg: FinetuneConfig):
     return recipe
 
 
-def finetune(cfg: FinetuneConfig) -> ClassifierRun:
+def finetune(cfg: FinetuneConfig) -> RunResult:
     """Fine-tune (or resume fine-tuning) end to end; returns the final checkpoint and its metrics."""
     return train_classifier(cfg, "finetune", build_train_transform(cfg), make_recipe(cfg))

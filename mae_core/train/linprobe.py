@@ -25,8 +25,9 @@ from torchvision.transforms import functional as F
 
 from ..data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from ..models_vit import init_head
+from ..result import RunResult
 from .cached_probe import cached_linprobe
-from .classification import ClassifierRun, Recipe, train_classifier
+from .classification import Recipe, train_classifier
 from .configs import PROBES, LinprobeConfig  # noqa: F401  (public names)
 from .distributed import DistInfo
 from .features import probe_classifier
@@ -68,20 +69,20 @@ def freeze_all_but_head(model: nn.Module) -> None:
 
 def make_recipe(cfg: LinprobeConfig):
     def recipe(num_classes: int, info: DistInfo, lr: float) -> Recipe:
-        model, kwargs, report = probe_classifier(cfg.model, cfg.model_kwargs, cfg.img_size, num_classes, cfg.init,
-                                                 cfg.feature, cfg.seed)
+        model, kwargs, report, feature = probe_classifier(cfg.model, cfg.model_kwargs, cfg.img_size, num_classes,
+                                                          cfg.init, cfg.feature, cfg.seed)
         init_head(model, std=0.01)  # MoCo v3's linear-classifier init
         freeze_all_but_head(model)
         model.to(info.device)
         optimizer = LARS(model.head.parameters(), lr=lr, weight_decay=cfg.weight_decay)
         return Recipe(model=model, model_kwargs=kwargs, optimizer=optimizer, criterion=nn.CrossEntropyLoss(),
-                      init_report=report)
+                      init_report=report, feature=feature.as_dict())
     return recipe
 
 
-def linprobe(cfg: LinprobeConfig) -> ClassifierRun:
+def linprobe(cfg: LinprobeConfig) -> RunResult:
     """Train (or resume) a linear probe on a frozen encoder; returns the final checkpoint and its metrics
-    (`--probe cached`: a `CachedProbeRun`, with the k-NN metrics too)."""
+    (`--probe cached`: with the k-NN result on the same features in `related`)."""
     if cfg.probe == "cached":
         return cached_linprobe(cfg)
     return train_classifier(cfg, "linprobe", build_train_transform(cfg.img_size), make_recipe(cfg))

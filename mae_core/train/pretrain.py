@@ -25,6 +25,7 @@ from ..checkpoints import save_mae_checkpoint
 from ..data import ImageFolderDataset, build_pretrain_transform
 from ..mae import MAE_PRESETS, MaskedAutoencoder
 from ..provenance import git_commit, now_iso, versions
+from ..result import RunResult
 from .configs import PretrainConfig
 from .distributed import (
     DistInfo,
@@ -82,8 +83,8 @@ def train_one_epoch(model, loader, optimizer, scaler, epoch: int, cfg: PretrainC
     return {"loss": sum(losses) / max(len(losses), 1), "img_per_s": seen / (time.perf_counter() - t0)}
 
 
-def pretrain(cfg: PretrainConfig) -> Path:
-    """Run (or resume) pretraining; returns the path of the final weights."""
+def pretrain(cfg: PretrainConfig) -> RunResult:
+    """Run (or resume) pretraining; returns the final weights (`checkpoint`) and the last epoch's loss."""
     info = init_distributed(cfg.device)
     try:
         return _pretrain(cfg, info)
@@ -91,8 +92,8 @@ def pretrain(cfg: PretrainConfig) -> Path:
         cleanup(info)
 
 
-def _pretrain(cfg: PretrainConfig, info: DistInfo) -> Path:
-    out = Path(cfg.output_dir)
+def _pretrain(cfg: PretrainConfig, info: DistInfo) -> RunResult:
+    t_start, out = time.perf_counter(), Path(cfg.output_dir)
     precision = resolve_precision(cfg.precision, info.device)
     kwargs = _model_kwargs(cfg)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
@@ -126,7 +127,7 @@ def _pretrain(cfg: PretrainConfig, info: DistInfo) -> Path:
               f"{len(dataset)} images, {info.world_size} process(es) on {info.device}, {precision}, "
               f"effective batch {effective_batch}, lr {peak_lr:.3g}, epochs {start_epoch + 1}..{cfg.epochs}")
 
-    last_good = resume_path
+    last_good, stats = resume_path, {}
     for epoch in range(start_epoch, cfg.epochs):
         sampler.set_epoch(epoch)
         seeded.set_epoch(epoch)
@@ -147,4 +148,9 @@ def _pretrain(cfg: PretrainConfig, info: DistInfo) -> Path:
         save_mae_checkpoint(final, model, _meta(cfg, kwargs, cfg.epochs - 1, {**run, "finished_at": now_iso()}))
         print(f"final weights: {final}")
     barrier(info)
-    return final
+    return RunResult(task="pretrain", metrics={"loss": stats["loss"]} if stats else {}, arch=cfg.model,
+                     config=cfg.to_dict(), checkpoint=str(final), seed=cfg.seed,
+                     duration_s=round(time.perf_counter() - t_start, 3), epochs=cfg.epochs, is_main=info.is_main,
+                     device=str(info.device), world_size=info.world_size, started_at=run["started_at"],
+                     provenance={"run_id": run["run_id"], "git_commit": run["git_commit"], "versions": run["versions"],
+                                 "precision": precision})
