@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from transfer.segmentation import CONFIG_DIR, PROTOCOLS
+from transfer.segmentation.config import CONFIG_DIR, PROTOCOLS
 
 from .cli_args import CfgOptions, Number, PathArg, ProtocolArg
 from .cli_common import add_record_args, dataset_name, init_name, write_record

@@ -20,7 +20,7 @@ from mae_core.errors import ArchitectureMismatchError, CheckpointFormatError, Da
 from mae_core.mae import create_mae  # noqa: E402
 from mae_core.vit import resize_pos_embed  # noqa: E402
 from transfer.encoder_init import read_encoder  # noqa: E402
-from transfer.segmentation import engine, resume  # noqa: E402
+from transfer.segmentation import config, engine, resume  # noqa: E402
 from transfer.segmentation.data import LabelRangeError, check_ade20k  # noqa: E402
 from transfer.segmentation.weights import (  # noqa: E402
     check_arch,
@@ -44,10 +44,9 @@ def small_mae(img_size=32, seed=0):
 
 
 def mmseg_backbone(img_size=32, out_indices=(0, 1, 2, 3)):
-    engine.register()
     from mmseg.registry import MODELS
 
-    cfg = engine.load_config("tiny").model.backbone
+    cfg = config.load_config("tiny").model.backbone
     cfg.update(img_size=(img_size, img_size), embed_dims=64, num_layers=4, num_heads=4, out_indices=list(out_indices),
                drop_path_rate=0.0)
     backbone = MODELS.build(cfg)
@@ -91,7 +90,7 @@ def test_published_protocol_in_the_built_config(ade_root, tmp_path):
 
 
 def test_large_and_tiny_protocols_share_the_code_path(tmp_path):
-    base, large, tiny = (engine.load_config(n) for n in ("vit-b", "vit-l", "tiny"))
+    base, large, tiny = (config.load_config(n) for n in ("vit-b", "vit-l", "tiny"))
     for cfg in (large, tiny):
         for part in ("backbone", "neck", "decode_head", "auxiliary_head"):
             assert cfg.model[part].type == base.model[part].type
@@ -124,8 +123,8 @@ def test_layer_decay_reaches_the_optimizer(ade_root, tmp_path):
 
 
 def test_max_iters_rescales_the_schedule(tmp_path):
-    cfg = engine.load_config("tiny")
-    engine.set_max_iters(cfg, 60)
+    cfg = config.load_config("tiny")
+    config.set_max_iters(cfg, 60)
     warm, poly = cfg.param_scheduler
     assert (warm.begin, warm.end, poly.begin, poly.end) == (0, 5, 5, 60)
     assert cfg.train_cfg.max_iters == 60 and cfg.train_cfg.val_interval <= 60
@@ -211,7 +210,7 @@ def test_relative_position_bias_resize():
 def test_another_vit_size_is_a_clear_error():
     with pytest.raises(ArchitectureMismatchError, match="embed_dim=64 vs embed_dims=192"):
         check_arch({"embed_dim": 64, "depth": 4, "num_heads": 4, "patch_size": 8, "mlp_ratio": 4.0},
-                   engine.load_config("tiny").model.backbone)
+                   config.load_config("tiny").model.backbone)
     backbone = mmseg_backbone()
     target = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
     with pytest.raises(ArchitectureMismatchError, match="blocks.0.mlp.fc1.weight"):
@@ -342,3 +341,21 @@ def test_eval_reads_only_tensor_files_and_resume_only_its_own_work_dir(tmp_path)
     with resume.trusted_pickle_load():
         assert os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] == "1"
     assert "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD" not in os.environ  # scoped to the one call
+
+
+def test_importing_the_engine_registers_our_components_as_mmengine_modules_do():
+    """No register() call, no force=True: a fresh process that imports the engine builds every component the
+    configs name by type (a second registration under the same name would raise, as for any mmengine module)."""
+    import subprocess
+    import sys
+
+    code = ("import transfer.segmentation.engine\n"
+            "from mmengine.registry import MODEL_WRAPPERS\n"
+            "from mmseg.registry import HOOKS, RUNNERS\n"
+            "hooks = [HOOKS.build(dict(type=t)) for t in ('StepSeedHook', 'MetricsHistoryHook')]\n"
+            "print([type(h).__module__ for h in hooks], MODEL_WRAPPERS.get('CPUDistributedDataParallel').__module__,\n"
+            "      RUNNERS.get('SegRunner').__module__)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["['transfer.segmentation.resume',", "'transfer.segmentation.hooks']",
+                                  "transfer.segmentation.hooks", "transfer.segmentation.resume"]

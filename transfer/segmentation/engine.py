@@ -1,4 +1,5 @@
-"""Build the mmseg config of a run, and train / evaluate it with mmengine's `Runner`.
+"""Prepare a run (config.py's config + data, classes, seed, device, `--init`) and train / evaluate it with
+mmengine's `Runner`.
 
 What this adds to mmseg's own `tools/train.py` / `tools/test.py`, and why:
 - `--init` is read by our safe loader and converted in memory (weights.py); the run writes the converted
@@ -21,148 +22,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from mmengine.dist import barrier, get_world_size, init_dist, is_distributed, is_main_process
+from mmengine.model import is_model_wrapper
+from mmengine.runner import find_latest_checkpoint
+from mmseg.registry import MODELS
 
 from mae_core.checkpoints import LoadReport
 from mae_core.ckpt_io import load_file, save_atomic, sha256_file
-from mae_core.errors import ArchitectureMismatchError, CheckpointFormatError, ClassCountMismatchError, MAETransferError
+from mae_core.errors import ArchitectureMismatchError, CheckpointFormatError, ClassCountMismatchError
 from mae_core.provenance import now_iso
 from mae_core.result import RunResult
-from mae_core.vit import arch_for_width_depth
 from transfer.encoder_init import EncoderInit, read_encoder
 
-from . import CONFIG_DIR, PROTOCOLS
+from .config import DATALOADERS, adapt_to_device, arch_name, config_classes, load_config, set_classes, set_max_iters
 from .data import check_ade20k
+from .hooks import MetricsHistoryHook  # importing hooks and resume registers our components with mmengine
+from .resume import SegRunner
 from .weights import check_arch, convert_for_backbone, unexpected_new
 
 SEGMENTOR_FILE = "segmentor.pth"
 INIT_FILE = "init_weights.pth"
-DATALOADERS = ("train_dataloader", "val_dataloader", "test_dataloader")
-_registered = False
-
-
-class SegmentationConfigError(MAETransferError):
-    """A --config / option combination that cannot make a run (unknown config, AMP without a GPU, ...)."""
-
-
-# ----------------------------------------------------------------------------- mmseg / mmengine additions
-def register() -> None:
-    """Register our small mmengine components in mmseg's registries (once; imports mmseg)."""
-    global _registered
-    if _registered:
-        return
-    import mmseg.models  # noqa: F401  (registers mmseg's modules)
-    from mmengine.hooks import Hook
-    from mmengine.model import MMDistributedDataParallel
-    from mmengine.registry import MODEL_WRAPPERS  # the root registry: Runner.wrap_model looks there
-    from mmseg.registry import HOOKS
-
-    from . import resume  # noqa: F401  (registers SegRunner and StepSeedHook)
-
-    @HOOKS.register_module(force=True)
-    class MetricsHistoryHook(Hook):
-        """Keep every evaluation's metrics in memory, for the run record."""
-
-        def __init__(self):
-            self.history: list[dict] = []
-
-        def after_val_epoch(self, runner, metrics=None) -> None:
-            if metrics:
-                self.history.append({"iter": runner.iter, **{k: round(float(v), 4) for k, v in metrics.items()}})
-
-    @MODEL_WRAPPERS.register_module(force=True)
-    class CPUDistributedDataParallel(MMDistributedDataParallel):
-        """mmengine's DDP wrapper for CPU processes (gloo): `device_ids=None`, and BN for SyncBN (GPU only).
-
-        (A single process needs neither: mmengine itself reverts SyncBN when not distributed.)
-        """
-
-        def __init__(self, module, device_ids=None, **kwargs):
-            from mmengine.model import revert_sync_batchnorm
-
-            super().__init__(module=revert_sync_batchnorm(module), device_ids=None, **kwargs)
-
-    _registered = True
-
-
-# ----------------------------------------------------------------------------- config
-def config_path(config: str | Path) -> Path:
-    """A protocol name (tiny, vit-b, vit-l), a file name in our configs folder, or any config path."""
-    config = str(config)
-    for candidate in (CONFIG_DIR / PROTOCOLS.get(config, config), CONFIG_DIR / f"{config}.py", Path(config)):
-        if candidate.is_file():
-            return candidate
-    raise SegmentationConfigError(f"no config {config!r}: use one of {', '.join(PROTOCOLS)}, a file of "
-                                  f"{CONFIG_DIR}, or a path to an mmseg config")
-
-
-def load_config(config: str | Path, cfg_options: dict | None = None):
-    from mmengine import Config
-
-    cfg = Config.fromfile(str(config_path(config)))
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
-    return cfg
-
-
-def config_classes(cfg) -> list[str]:
-    """Class names the config trains (its dataset's metainfo, else mmseg's dataset class METAINFO)."""
-    ds = cfg.train_dataloader.dataset
-    names = (ds.get("metainfo") or {}).get("classes")
-    if names is None:
-        register()
-        from mmseg.registry import DATASETS
-
-        names = DATASETS.get(ds.type).METAINFO["classes"]
-    return list(names)
-
-
-def set_classes(cfg, classes: list[str]) -> None:
-    """Heads and datasets for these classes; ADE20KDataset (150 fixed names) becomes its ADE-layout base class."""
-    register()
-    from mmseg.datasets import ADE20KDataset
-
-    for head in ("decode_head", "auxiliary_head"):
-        if cfg.model.get(head):
-            cfg.model[head].num_classes = len(classes)
-    for name in DATALOADERS:
-        ds = cfg[name].dataset
-        if ds.type == "ADE20KDataset" and list(classes) != list(ADE20KDataset.METAINFO["classes"]):
-            ds.update(type="BaseSegDataset", img_suffix=".jpg", seg_map_suffix=".png", reduce_zero_label=True)
-        ds.metainfo = dict(classes=tuple(classes))
-
-
-def set_max_iters(cfg, max_iters: int) -> None:
-    """Another schedule length: scheduler boundaries scale with it (warm-up stays the same fraction)."""
-    old = cfg.train_cfg.max_iters
-    cfg.train_cfg.max_iters = max_iters
-
-    def scaled(b: int) -> int:
-        return max_iters if b == old else (0 if b == 0 else min(max_iters - 1, max(1, round(b * max_iters / old))))
-
-    for sched in cfg.param_scheduler:
-        sched.begin, sched.end = scaled(sched.get("begin", 0)), scaled(sched.get("end", old))
-    cfg.train_cfg.val_interval = min(cfg.train_cfg.val_interval, max_iters)
-    cfg.default_hooks.checkpoint.interval = min(cfg.default_hooks.checkpoint.interval, max_iters)
-
-
-def adapt_to_device(cfg, distributed: bool, amp: bool) -> None:
-    """CPU: gloo for NCCL, our DDP wrapper (BN for SyncBN, no device_ids). `--amp`: AmpOptimWrapper (GPU)."""
-    if amp:
-        if not torch.cuda.is_available():
-            raise SegmentationConfigError("--amp needs a CUDA GPU; leave it off on CPU")
-        cfg.optim_wrapper.type = "AmpOptimWrapper"
-        cfg.optim_wrapper.loss_scale = "dynamic"
-    if torch.cuda.is_available():
-        return
-    cfg.env_cfg.dist_cfg = dict(backend="gloo")
-    if distributed:
-        cfg.model_wrapper_cfg = dict(type="CPUDistributedDataParallel", broadcast_buffers=False)
-
-
-def arch_name(cfg) -> str:
-    b = cfg.model.backbone
-    name = arch_for_width_depth(b.embed_dims, b.num_layers) or f"vit_w{b.embed_dims}_d{b.num_layers}"
-    return f"{name}_patch{b.patch_size}_upernet"
 
 
 @dataclass
@@ -186,7 +65,6 @@ def prepare(config: str | Path, *, data_root: str | Path, work_dir: str | Path, 
             seed: int = 0, launcher: str = "none", amp: bool = False, check_labels: bool = True,
             cfg_options: dict | None = None, splits=("training", "validation")) -> RunSetup:
     """The config of a run: data, classes, schedule, seed, work dir and device; the dataset checked first."""
-    register()
     cfg = load_config(config, cfg_options)
     classes = config_classes(cfg)
     if num_classes is not None and num_classes != len(classes):
@@ -217,8 +95,6 @@ def prepare(config: str | Path, *, data_root: str | Path, work_dir: str | Path, 
 
 def attach_init(setup: RunSetup, init: str | Path, resume: bool) -> None:
     """`--init` -> `<work_dir>/init_weights.pth` + report, or the run's own last checkpoint when resuming."""
-    from mmengine.runner import find_latest_checkpoint
-
     cfg, work_dir = setup.cfg, Path(setup.cfg.work_dir)
     last = find_latest_checkpoint(str(work_dir)) if resume and work_dir.is_dir() else None
     setup.init, setup.init_arg = read_encoder(init), str(init)
@@ -227,8 +103,6 @@ def attach_init(setup: RunSetup, init: str | Path, resume: bool) -> None:
         return
     if setup.init.is_scratch:
         return
-    from mmseg.registry import MODELS
-
     check_arch(setup.init.arch, cfg.model.backbone)
     backbone = MODELS.build(cfg.model.backbone)
     target = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
@@ -242,7 +116,7 @@ def attach_init(setup: RunSetup, init: str | Path, resume: bool) -> None:
         work_dir.mkdir(parents=True, exist_ok=True)
         save_atomic({"state_dict": state_dict}, work_dir / INIT_FILE)
         setup.report.write(work_dir)
-    _barrier()
+    barrier()
     cfg.load_from = str(work_dir / INIT_FILE)
 
 
@@ -255,50 +129,29 @@ def resolve_launcher(launcher: str) -> str:
 
 
 def init_distributed(launcher: str) -> None:
-    """Start the process group (env:// of torchrun) before the Runner, which then uses it as it is.
-
-    Here rather than in mmengine's `init_dist` because that one calls `torch.cuda.set_device` (fails on CPU),
-    and because rank 0 alone must write the converted init before the Runner exists.
+    """Start the process group (env:// of torchrun) before the Runner, which then uses it as it is: rank 0 alone
+    writes the converted init before the Runner exists. On GPUs mmengine's `init_dist`; on CPU a gloo group
+    (`init_dist` sets a CUDA device first, which a CPU-only machine refuses).
     """
-    import torch.distributed as dist
-
-    if launcher == "none" or dist.is_initialized():
+    if launcher == "none" or is_distributed():
         return
     if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-
-
-def is_main_process() -> bool:
-    import torch.distributed as dist
-
-    return not dist.is_initialized() or dist.get_rank() == 0
-
-
-def _barrier() -> None:
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        dist.barrier()
+        init_dist(launcher, backend="nccl")
+    else:
+        torch.distributed.init_process_group("gloo")
 
 
 # ----------------------------------------------------------------------------- train / eval
-def _history_hook(runner):
-    return next(h for h in runner.hooks if type(h).__name__ == "MetricsHistoryHook")
+def _history_hook(runner) -> MetricsHistoryHook:
+    return next(h for h in runner.hooks if isinstance(h, MetricsHistoryHook))
 
 
-def _runner(cfg):
-    register()
-    from mmseg.registry import RUNNERS
-
-    return RUNNERS.get("SegRunner").from_cfg(cfg)
+def _runner(cfg) -> SegRunner:
+    return SegRunner.from_cfg(cfg)
 
 
 def train(setup: RunSetup) -> RunResult:
     """Train with mmengine; evaluate every `val_interval` and at the end; write a tensor-only segmentor.pth."""
-    from mmengine.dist import get_world_size
-    from mmengine.model import is_model_wrapper
-
     started, t0 = now_iso(), time.perf_counter()
     runner = _runner(setup.cfg)
     if setup.report is not None:
@@ -340,8 +193,6 @@ def read_segmentor(path: str | Path) -> dict:
 
 def evaluate(setup: RunSetup, checkpoint: str | Path) -> RunResult:
     """mIoU / mAcc / aAcc (mmseg's IoUMetric) of a segmentor.pth on the validation split."""
-    from mmengine.dist import get_world_size
-
     obj = read_segmentor(checkpoint)
     n_out = obj["state_dict"]["decode_head.conv_seg.weight"].shape[0]
     if n_out != len(setup.classes):

@@ -13,7 +13,7 @@ draws what the uninterrupted one drew on every rank, whatever the evaluations or
 two iterations drew, and nothing has to be gathered from the ranks into the checkpoint. NumPy is not
 reseeded there: the iteration's batch is already loaded when its hooks run, so that would break the replay.
 
-Importing this module registers both with mmseg's registries (`engine.register()` does it).
+Importing this module registers both with mmseg's registries (engine.py imports it).
 """
 
 from __future__ import annotations
