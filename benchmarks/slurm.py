@@ -70,7 +70,7 @@ def executor_parameters(cfg: dict, stage, dependency: list[str]) -> dict:
     res = resources(cfg, stage.task)
     params = {"name": f"{cfg['name']}:{stage.name}", "nodes": res["nodes"], "gpus_per_node": res["gpus_per_node"],
               "tasks_per_node": tasks_per_node(stage.task, res), "cpus_per_task": res["cpus_per_task"],
-              "timeout_min": res["timeout_min"], "slurm_max_num_timeout": res["max_requeues"]}
+              "timeout_min": res["timeout_min"]}
     if res["mem_gb"] is not None:
         params["mem_gb"] = res["mem_gb"]
     for key in ("partition", "account", "constraint"):
@@ -157,7 +157,6 @@ def submit(cfg: dict, chosen: list, by_name: dict, resolve: Callable, finish: Ca
 
     cluster = LAUNCHERS[cfg["launcher"]]
     folder = jobs_folder(cfg)
-    executor = submitit.AutoExecutor(folder=folder / "%j", cluster=cluster)
     ids_file = folder / JOBS_FILE
     known = json.loads(ids_file.read_text()) if ids_file.is_file() else {}
     jobs: dict[str, object] = {}
@@ -168,8 +167,10 @@ def submit(cfg: dict, chosen: list, by_name: dict, resolve: Callable, finish: Ca
         if cluster == "local":  # no dependencies here: wait for the input jobs
             for job in waits:
                 _wait(job, by_name)
+        res = resources(cfg, stage.task)  # requeues on preemption / time-out: an executor's own setting
+        executor = submitit.AutoExecutor(folder=folder / "%j", cluster=cluster,
+                                         slurm_max_num_timeout=res["max_requeues"])
         executor.update_parameters(**executor_parameters(cfg, stage, [j.job_id for j in waits]))
-        res = resources(cfg, stage.task)
         job = executor.submit(StageJob(stage, resolve(stage, by_name), res["gpus_per_node"], finish, log_name))
         jobs[stage.name] = job
         known[stage.name] = {"job_id": job.job_id, "cluster": cluster, "key": stage.key,

@@ -42,7 +42,7 @@ def test_job_parameters_follow_the_slurm_block(tmp_path):
     stages = {s.name: s for s in planned(cfg, tmp_path / "out")}
     params = executor_parameters(cfg, stages["pretrain"], [])
     assert params == {"name": "tiny-test:pretrain", "nodes": 8, "gpus_per_node": 8, "tasks_per_node": 8,
-                      "cpus_per_task": 10, "mem_gb": 480, "timeout_min": 4320, "slurm_max_num_timeout": 3,
+                      "cpus_per_task": 10, "mem_gb": 480, "timeout_min": 4320,
                       "slurm_partition": "learnfair", "slurm_account": "mae"}
     det = executor_parameters(cfg, stages["detection/mae/seed0"], ["123", "124"])
     assert det["tasks_per_node"] == 1 and det["slurm_additional_parameters"] == {"dependency": "afterok:123:124"}
