@@ -132,6 +132,15 @@ class StageJob:
                                                             self.log_name))
 
 
+def _submitit():
+    try:
+        import submitit
+    except ImportError:
+        raise PipelineError("launcher slurm / local-submitit runs stages through submitit, which is not installed: "
+                            "pip install 'mae-transfer[slurm]' (or pip install submitit)") from None
+    return submitit
+
+
 def jobs_folder(cfg: dict) -> Path:
     return Path(cfg["output_dir"]) / "submitit"
 
@@ -153,7 +162,7 @@ def describe(cfg: dict, chosen: list, by_name: dict, resolve: Callable) -> None:
 def submit(cfg: dict, chosen: list, by_name: dict, resolve: Callable, finish: Callable, log_name: str) -> bool:
     """Submit every stage not done yet as a job; returns True when they have all finished (the local executor,
     whose jobs this process waits for), False when they were left queued on SLURM."""
-    import submitit
+    submitit = _submitit()
 
     cluster = LAUNCHERS[cfg["launcher"]]
     folder = jobs_folder(cfg)
@@ -199,7 +208,7 @@ def _wait(job, by_name: dict) -> None:
 
 def status(cfg: dict, stages: list) -> list[tuple[str, str, str]]:
     """(stage, job id, state) for each planned stage: `done` once its stage.json exists, else the job's state."""
-    import submitit
+    submitit = _submitit()
 
     ids_file = jobs_folder(cfg) / JOBS_FILE
     known = json.loads(ids_file.read_text()) if ids_file.is_file() else {}
