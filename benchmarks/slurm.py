@@ -30,8 +30,8 @@ from pathlib import Path
 from .pipeline_config import PipelineError
 
 LAUNCHERS = {"slurm": "slurm", "local-submitit": "local"}  # config `launcher` -> submitit cluster
-RESOURCES = {"nodes": 1, "gpus_per_node": 0, "cpus_per_task": 1, "mem_gb": None, "timeout_min": 60,
-             "partition": None, "account": None, "constraint": None, "max_requeues": 3}
+RESOURCES = {"nodes": 1, "gpus_per_node": 0, "tasks_per_node": None, "cpus_per_task": 1, "mem_gb": None,
+             "timeout_min": 60, "partition": None, "account": None, "constraint": None, "max_requeues": 3}
 STAGE_TASKS = ("pretrain", "supervised", "finetune", "linprobe", "detection", "segmentation")
 JOBS_FILE = "jobs.json"
 
@@ -51,8 +51,10 @@ def resources(cfg: dict, task: str) -> dict:
     if bad := set(override) - set(RESOURCES):
         raise PipelineError(f"slurm.{task}: unknown keys {sorted(bad)}; a task block takes {sorted(RESOURCES)}")
     res = {**RESOURCES, **{k: v for k, v in block.items() if k not in STAGE_TASKS}, **override}
-    for key in ("nodes", "gpus_per_node", "cpus_per_task", "timeout_min", "max_requeues"):
-        if not isinstance(res[key], int) or res[key] < (1 if key in ("nodes", "cpus_per_task", "timeout_min") else 0):
+    at_least = {"nodes": 1, "cpus_per_task": 1, "timeout_min": 1, "tasks_per_node": 1, "gpus_per_node": 0,
+                "max_requeues": 0}
+    for key, low in at_least.items():
+        if (res[key] is not None or key != "tasks_per_node") and (not isinstance(res[key], int) or res[key] < low):
             raise PipelineError(f"slurm.{task}.{key}: {res[key]!r} is not a whole number in range")
     if cfg["launcher"] == "local-submitit" and res["nodes"] > 1:
         raise PipelineError(f"slurm.{task}.nodes: {res['nodes']}, but launcher local-submitit runs on this one "
@@ -61,8 +63,11 @@ def resources(cfg: dict, task: str) -> dict:
 
 
 def tasks_per_node(task: str, res: dict) -> int:
-    """One task per GPU (torchrun's layout), except detection: detectron2's `launch` starts its own per GPU."""
-    return 1 if task == "detection" else max(1, res["gpus_per_node"])
+    """One task per GPU (torchrun's layout; `tasks_per_node` sets it on CPU nodes), except detection:
+    detectron2's `launch` starts its own process per GPU."""
+    if task == "detection":
+        return 1
+    return res["tasks_per_node"] or max(1, res["gpus_per_node"])
 
 
 def executor_parameters(cfg: dict, stage, dependency: list[str]) -> dict:
@@ -199,7 +204,7 @@ def _wait(job, by_name: dict) -> None:
     import submitit
 
     try:
-        job.result()
+        job.results()  # every task of the job (one per GPU)
     except (submitit.core.utils.FailedJobError, submitit.core.utils.UncompletedJobError) as e:
         raise PipelineError(f"job {job.job_id} failed: {str(e).strip().splitlines()[-1] if str(e).strip() else e}; "
                             f"its submitit logs are {job.paths.stderr}. Fix the cause and run the pipeline again: "

@@ -97,3 +97,20 @@ def test_stages_as_local_submitit_jobs_finish_with_the_local_launchers_records(t
     status = subprocess.run(maet("pipeline", "--config", str(path), "--status"), env=one_thread_env(),
                             capture_output=True, text=True, timeout=120)
     assert status.returncode == 0 and status.stdout.count("done") == 2, status.stdout + status.stderr
+
+
+@pytest.mark.slow
+def test_a_two_task_job_gets_the_torchrun_rendezvous(tmp_path):
+    """Two tasks of one local job: each runs the engine with RANK / WORLD_SIZE / MASTER_* from submitit's
+    JobEnvironment, and they train as one 2-process DDP run (gloo)."""
+    cfg = config(tmp_path, inits=["mae"], launcher="local-submitit", slurm={"tasks_per_node": 2, "timeout_min": 10})
+    for task in ("supervised", "finetune", "linprobe"):
+        del cfg[task]
+    path = write(tmp_path, cfg)
+    run = subprocess.run(maet("pipeline", "--config", str(path), "--no-tables"), env=one_thread_env(),
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    (stage,) = (tmp_path / "out").glob("pretrain-*")
+    run_info = json.loads((stage / "config.json").read_text())
+    assert run_info["world_size"] == 2 and run_info["effective_batch"] == 2 * cfg["pretrain"]["batch_size"]
+    assert (stage / "stage.json").is_file() and (stage / "stage.rank1.log").is_file()
