@@ -112,7 +112,7 @@ def _cmd_pipeline(args) -> None:
 
     split = lambda v: [p for p in (v or "").split(",") if p]
     run_pipeline(args.config, only=split(args.only), skip=split(args.skip), tables=args.tables, dry_run=args.dry_run,
-                 jobs=args.jobs, seeds=args.seeds)
+                 jobs=args.jobs, seeds=args.seeds, status=args.status)
 
 
 def _cmd_regression(args) -> None:
@@ -199,7 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", default=None, help="comma-separated stages to run: a task, an init, a stage name or glob")
     p.add_argument("--skip", default=None, help="comma-separated stages to leave out (same patterns as --only)")
     p.add_argument("--tables", action=argparse.BooleanOptionalAction, default=True, help="write and print the tables")
-    p.add_argument("--dry-run", action="store_true", help="list the stages, their state and commands; run nothing")
+    p.add_argument("--dry-run", action="store_true", help="list the stages, their state and commands (with "
+                   "`launcher: slurm`, each job's nodes, GPUs, time, partition and dependency); run nothing")
+    p.add_argument("--status", action="store_true", help="show where each stage's submitit job is (launcher slurm or "
+                   "local-submitit: the job ids kept in the output folder); run nothing")
     p.add_argument("--jobs", type=Number(int, 1), default=None,
                    help="stages run at once, CPU threads shared out (default: the config's `jobs`, else 1)")
     p.add_argument("--seeds", type=seed_list, default=None,

@@ -41,6 +41,7 @@ from mae_core.errors import DatasetLayoutError
 from transfer.detection.config import CONFIG_DIR as DETECTION_CONFIGS
 from transfer.segmentation import CONFIG_DIR as SEGMENTATION_CONFIGS
 
+from . import slurm
 from .pipeline_config import (
     TASKS,
     PipelineError,
@@ -321,9 +322,11 @@ def last_line(path: Path, width: int = 110) -> str:
 
 
 def run_pipeline(config: str | Path, only: list[str] = (), skip: list[str] = (), tables: bool = True,
-                 dry_run: bool = False, jobs: int | None = None, seeds: list[int] | None = None) -> list[Stage]:
-    """Run (or with `dry_run` list) the selected stages; `jobs` and `seeds` (of the downstream runs, which
-    share the pretrained checkpoints) override the config's."""
+                 dry_run: bool = False, jobs: int | None = None, seeds: list[int] | None = None,
+                 status: bool = False) -> list[Stage]:
+    """Run (or with `dry_run` list, with `status` show the submitit jobs of) the selected stages; `jobs` and
+    `seeds` (of the downstream runs, which share the pretrained checkpoints) override the config's. With
+    `launcher: slurm` / `local-submitit` each stage is a submitit job (slurm.py)."""
     cfg = load_config(config)
     if seeds:
         cfg["seeds"] = list(seeds)
@@ -335,11 +338,18 @@ def run_pipeline(config: str | Path, only: list[str] = (), skip: list[str] = (),
     stages = plan(cfg, roots, out)
     by_name = {s.name: s for s in stages}
     chosen = select(stages, list(only), list(skip))
+    if status:
+        for name, job_id, state in slurm.status(cfg, chosen):
+            print(f"{name:32s} job {job_id:>12s}  {state}")
+        return chosen
     if dry_run:
         try:
             check_roots(cfg, roots, chosen)
         except DatasetLayoutError as e:
             print(f"note: {e}")
+        if slurm.uses_submitit(cfg):
+            slurm.describe(cfg, chosen, by_name, resolve)
+            return chosen
         for s in chosen:
             print(f"{s.name:32s} {'done' if s.done else 'to run':7s} maet {shlex.join(resolve(s, by_name))}")
         return chosen
@@ -351,7 +361,10 @@ def run_pipeline(config: str | Path, only: list[str] = (), skip: list[str] = (),
         stage.folder.mkdir(parents=True, exist_ok=True)
         if stage.done:
             print(f"[{i}/{len(chosen)}] {stage.name}: done earlier ({stage.folder}), skipped", flush=True)
-    if jobs > 1:
+    if slurm.uses_submitit(cfg):
+        if not slurm.submit(cfg, chosen, by_name, resolve, finish_stage, STAGE_LOG):
+            return chosen  # queued on SLURM: the tables come from a later run (or `maet table`)
+    elif jobs > 1:
         run_parallel(chosen, by_name, jobs, cfg.get("launcher"))
     else:
         for i, stage in enumerate(chosen, 1):

@@ -28,7 +28,7 @@ def load_config(path: str | Path) -> dict:
         raise PipelineError(f"pipeline config {path} does not exist; the shipped ones are in pipelines/")
     cfg = yaml.safe_load(path.read_text()) or {}
     unknown = set(cfg) - {"name", "description", "output_dir", "results_dir", "tables_dir", "seeds", "launcher",
-                          "jobs", "data", "pretrain", "supervised", "inits", *TASKS}
+                          "slurm", "jobs", "data", "pretrain", "supervised", "inits", *TASKS}
     if unknown:
         raise PipelineError(f"{path}: unknown keys {sorted(unknown)}")
     for required in ("name", "data", "inits"):

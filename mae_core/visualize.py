@@ -73,6 +73,11 @@ def load_images(folder: str | Path, img_size: int, limit: int = 8) -> torch.Tens
     paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
     if not paths:
         raise DatasetLayoutError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {folder}")
+    return load_image_files(paths, img_size)
+
+
+def load_image_files(paths, img_size: int) -> torch.Tensor:
+    """These image files with the official eval transform, as one batch."""
     transform = build_eval_transform(img_size)
     return torch.stack([transform(Image.open(p).convert("RGB")) for p in paths])
 
@@ -84,6 +89,15 @@ def _to_uint8(x: torch.Tensor) -> np.ndarray:
 
 def save_grid(panels: dict[str, torch.Tensor], path: str | Path, cell: int = 160) -> Path:
     """One row per image, one column per panel, titled; small images are enlarged (nearest) to `cell` px."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid_image(panels, cell).save(path)
+    return path
+
+
+def grid_image(panels: dict[str, torch.Tensor], cell: int = 160) -> Image.Image:
+    """The grid `save_grid` writes, as an image (pretraining also sends it to TensorBoard)."""
+    panels = {name: x.detach().float().cpu() for name, x in panels.items()}
     n = panels["original"].shape[0]
     title_h, pad = 18, 4
     grid = Image.new("RGB", (len(COLUMNS) * (cell + pad) + pad, title_h + n * (cell + pad) + pad), "white")
@@ -93,14 +107,19 @@ def save_grid(panels: dict[str, torch.Tensor], path: str | Path, cell: int = 160
         for r in range(n):
             tile = Image.fromarray(_to_uint8(panels[name][r])).resize((cell, cell), Image.NEAREST)
             grid.paste(tile, (pad + c * (cell + pad), title_h + pad + r * (cell + pad)))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(path)
-    return path
+    return grid
+
+
+def seeded_panels(model: MaskedAutoencoder, images: torch.Tensor, mask_ratio: float = 0.75,
+                  seed: int = 0) -> dict[str, torch.Tensor]:
+    """`reconstruct` with masks drawn from `seed` by a generator of their own (repeatable figures; the global
+    random state is left alone, so drawing one mid-training changes nothing in the run)."""
+    noise = torch.rand(images.shape[0], model.patch_embed.num_patches, generator=torch.Generator().manual_seed(seed))
+    device = next(model.parameters()).device
+    return reconstruct(model, images.to(device), mask_ratio, noise.to(device))
 
 
 def visualize(model: MaskedAutoencoder, images: torch.Tensor, path: str | Path, mask_ratio: float = 0.75,
               seed: int = 0) -> Path:
     """Write the reconstruction grid for `images`; the masks are drawn from `seed` (repeatable figures)."""
-    noise = torch.rand(images.shape[0], model.patch_embed.num_patches, generator=torch.Generator().manual_seed(seed))
-    return save_grid(reconstruct(model, images, mask_ratio, noise), path)
+    return save_grid(seeded_panels(model, images, mask_ratio, seed), path)

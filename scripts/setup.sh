@@ -5,7 +5,7 @@
 #
 # Idempotent: a second run reuses the venv and pip's wheel cache and finishes in seconds when
 # nothing changed (a stamp of this script + pyproject.toml). Facts behind each pin: docs/install.md.
-# Users with a GPU and their own torch can skip this and `pip install -e .[det,seg,dev]` after
+# Users with a GPU and their own torch can skip this and `pip install -e .[det,seg,dev,slurm]` after
 # installing detectron2 and mmcv their usual way.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,7 +17,7 @@ STAMP="$VENV/.mae-transfer-stamp"
 want=$(cat scripts/setup.sh scripts/detectron2_wheel.py pyproject.toml | sha256sum | cut -d' ' -f1)
 
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] \
-   && "$VENV/bin/python" -c "import torch, timm, mmcv.ops, mmseg, detectron2.modeling, shapely, mae_core" 2>/dev/null; then
+   && "$VENV/bin/python" -c "import torch, timm, mmcv.ops, mmseg, detectron2.modeling, shapely, submitit, tensorboard, mae_core" 2>/dev/null; then
   echo "setup: $VENV is up to date"
   exit 0
 fi
@@ -55,8 +55,8 @@ wheel=$("$VENV/bin/python" scripts/detectron2_wheel.py "$WHEELS")
 pip install -q "$wheel" "fvcore==0.1.5.post20221221" "iopath==0.1.9" "shapely==2.1.2"
 step "mae-transfer (editable) with its extras"
 pip install -q "timm==1.0.31" "pycocotools==2.0.11"
-pip install -q -e ".[det,seg,dev]"
+pip install -q -e ".[det,seg,dev,slurm]"
 
-"$VENV/bin/python" -c "import torch, timm, mmcv.ops, mmseg, detectron2.modeling, shapely, mae_core"
+"$VENV/bin/python" -c "import torch, timm, mmcv.ops, mmseg, detectron2.modeling, shapely, submitit, tensorboard, mae_core"
 echo "$want" > "$STAMP"
 step "done: $("$VENV/bin/python" -c 'import torch, timm, mmcv, mmseg, detectron2; print(f"torch {torch.__version__}, timm {timm.__version__}, mmcv {mmcv.__version__}, mmseg {mmseg.__version__}, detectron2 {detectron2.__version__}")')"

@@ -26,7 +26,7 @@ from mae_core.train.knn import knn_classify, knn_scores
 from mae_core.train.linprobe import make_recipe
 
 from .conftest import TINY_IMG
-from .helpers import cli_args
+from .helpers import cli_args, tensorboard_scalars
 from .test_finetune import ENCODER, TINY_CLS, save_tiny_mae, tiny_classifier, tiny_mae
 from .test_linprobe import tiny_linprobe_config
 
@@ -207,6 +207,9 @@ def test_maet_linprobe_cached_writes_a_linprobe_and_a_knn_record(tiny_imagenet, 
     assert report["sha256"] == lin["checkpoint_sha256"] and "head.1.weight" in report["new"]
     assert lin["headline_weights"] == "model" and lin["output"]["checkpoint"] == str(out / "linprobe.pth")
     assert "output" not in knn and "headline_weights" not in knn and knn["precision"] == lin["precision"]
+    scalars = tensorboard_scalars(out)
+    assert scalars["epoch/top1"] == pytest.approx([lin["metrics"]["top1"]])
+    assert scalars["epoch/knn_top1"] == pytest.approx([knn["metrics"]["top1"]])
 
     # The saved classifier is the probe: `maet eval` measures the same top-1 again.
     again = evaluate_checkpoint(EvalConfig(data_path=str(tiny_imagenet), checkpoint=str(out / "linprobe.pth"),

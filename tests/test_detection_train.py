@@ -18,7 +18,7 @@ from timm.layers import resample_patch_embed  # noqa: E402
 
 from mae_core.ckpt_io import sha256_file  # noqa: E402
 from mae_core.data import write_synthetic  # noqa: E402
-from tests.helpers import maet, one_thread_env  # noqa: E402
+from tests.helpers import maet, one_thread_env, tensorboard_scalars  # noqa: E402
 from tests.test_detection_weights import TEST_ARCH, p14_encoder_file, tiny_mae_checkpoint  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -71,6 +71,9 @@ def uninterrupted(setup):
 def test_train_writes_checkpoints_metrics_and_a_record(setup, uninterrupted):
     out = uninterrupted
     assert (out / "model_final.pth").is_file() and (out / "metrics.json").is_file()
+    scalars = tensorboard_scalars(out)  # detectron2's TensorboardXWriter, beside its metrics.json
+    steps = [r for r in map(json.loads, (out / "metrics.json").read_text().splitlines()) if "total_loss" in r]
+    assert len(scalars["total_loss"]) == len(steps) >= 1 and "lr" in scalars and "bbox/AP" in scalars
     report = json.loads((out / "init_report.json").read_text())
     assert report["loaded"] and "cls_token" in report["unused"] and "norm.weight" in report["unused"]
     assert any(".rel_pos_h" in k for k in report["new"])

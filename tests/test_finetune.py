@@ -41,7 +41,7 @@ from mae_core.train.pretrain import PretrainConfig, pretrain
 from mae_core.train.state import LAST
 
 from .conftest import TINY_IMG, TINY_MODEL
-from .helpers import cli_args, free_port, maet, one_thread_env
+from .helpers import cli_args, free_port, maet, one_thread_env, tensorboard_scalars
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -222,6 +222,9 @@ def test_finetune_run_writes_checkpoint_log_and_metrics(tiny_imagenet, tmp_path)
     assert [r["step"] for r in steps] == list(range(1, 9))  # 64 images / batch 8, per-iteration schedule
     assert steps[0]["lr"] == 0.0 and steps[1]["lr"] > 0.0
     assert any("test_top1" in r for r in log)
+    scalars = tensorboard_scalars(tmp_path / "out")  # the log's numbers, also in TensorBoard
+    assert scalars["train/loss"] == pytest.approx([r["loss"] for r in steps])
+    assert scalars["epoch/test_top1"] == pytest.approx([result.metrics["top1"]])
     state = load_file(tmp_path / "out" / LAST)
     groups = state["optimizer"]["param_groups"]
     top = max(g["lr"] for g in groups)

@@ -19,7 +19,7 @@ from mae_core.train.lars import LARS
 from mae_core.train.linprobe import LinprobeConfig, RandomResizedCropTF, build_train_transform, linprobe, make_recipe
 
 from .conftest import TINY_IMG
-from .helpers import cli_args, free_port, one_thread_env
+from .helpers import cli_args, free_port, one_thread_env, tensorboard_scalars
 from .test_finetune import TINY_CLS, save_tiny_mae
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -123,6 +123,8 @@ def test_linear_probe_trains_the_head_only(tiny_imagenet, tmp_path):
     run = json.loads((tmp_path / "out" / "config.json").read_text())
     assert run["lr"] == pytest.approx(0.1 * 8 / 256)  # blr x effective batch / 256
     assert 0.0 <= result.metrics["top1"] <= 100.0
+    scalars = tensorboard_scalars(tmp_path / "out")
+    assert len(scalars["train/loss"]) == 8 and scalars["epoch/test_top1"] == pytest.approx([result.metrics["top1"]])
 
 
 @pytest.mark.slow

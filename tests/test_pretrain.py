@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mae_core.ckpt_io import load_file
 from mae_core.errors import NonFiniteLossError, OptionError
@@ -21,7 +22,7 @@ from mae_core.train.pretrain import FINAL, LAST, PretrainConfig, pretrain
 from mae_core.train.step import backward_and_update
 
 from .conftest import TINY_IMG, TINY_MODEL
-from .helpers import cli_args, free_port, maet, one_thread_env
+from .helpers import cli_args, free_port, maet, one_thread_env, tensorboard_scalars
 
 
 def tiny_config(data, out, **overrides) -> PretrainConfig:
@@ -95,6 +96,15 @@ def test_pretrain_writes_our_checkpoint_log_and_config(tiny_imagenet, tmp_path):
     assert (result.task, result.arch, result.epochs, result.checkpoint) == (
         "pretrain", "mae_vit_tiny_patch16", 2, str(tmp_path / FINAL))
     assert result.metrics == {"loss": epoch_losses[-1]} and result.provenance["run_id"] == meta["run"]["run_id"]
+    # the same numbers as TensorBoard scalars, and the reconstruction grid as an image at the end
+    scalars = tensorboard_scalars(tmp_path)
+    assert scalars["train/loss"] == pytest.approx([r["loss"] for r in steps])
+    assert len(scalars["epoch/epoch_loss"]) == 2 and "train/lr" in scalars and "train/img_per_s" in scalars
+    (events,) = tmp_path.glob("events.out.tfevents.*")
+    acc = EventAccumulator(str(events))
+    acc.Reload()
+    (grid,) = acc.Images("reconstruction")
+    assert grid.step == 2 and grid.width == 4 * (64 + 4) + 4  # four panels of 64 px (32-px images enlarged)
 
 
 def test_loss_falls_when_training(tiny_imagenet, tmp_path):

@@ -17,7 +17,7 @@ from mae_core.checkpoints import save_mae_checkpoint  # noqa: E402
 from mae_core.data import write_synthetic  # noqa: E402
 from mae_core.mae import create_mae  # noqa: E402
 
-from .helpers import free_port, kill_process_tree, maet, one_thread_env  # noqa: E402
+from .helpers import free_port, kill_process_tree, maet, one_thread_env, tensorboard_scalars  # noqa: E402
 
 SMALL = dict(img_size=32, patch_size=8, embed_dim=64, depth=4, num_heads=4, decoder_embed_dim=32, decoder_depth=1,
              decoder_num_heads=4)
@@ -59,7 +59,10 @@ def test_train_from_init_then_eval_writes_records(setup, tmp_path):
     root, data, ckpt = setup
     work, rec = tmp_path / "work", tmp_path / "records"
     run("segment", "train", "--data-root", str(data), "--init", str(ckpt), "--work-dir", str(work), "--max-iters", "2",
-        "--batch-size", "2", "--results-dir", str(rec), *SMALL_OPTS, "optim_wrapper.optimizer.lr=0.0")
+        "--batch-size", "2", "--results-dir", str(rec), *SMALL_OPTS, "optim_wrapper.optimizer.lr=0.0",
+        "default_hooks.logger.interval=1")
+    scalars = tensorboard_scalars(work)  # mmengine's TensorboardVisBackend, from the config's visualizer
+    assert len(scalars["loss"]) == 2 and "lr" in scalars and "mIoU" in scalars
     init = state(work / "init_weights.pth")
     trained = state(work / "segmentor.pth")
     assert len(init) == 4 * 12 + 4  # 12 tensors a block + cls token, pos embed, patch projection w/b

@@ -39,6 +39,8 @@ class PretrainConfig(RunOptions):
     weight_decay: float = opt(0.05, "AdamW weight decay (none on biases, norms, position embeddings, tokens)",
                               min=0)
     keep_every: int = opt(20, "also keep checkpoint-EPOCH.pth every N epochs (0: never)", min=0)
+    vis_every: int = opt(0, "add the reconstruction grid of a few training images to TensorBoard every N epochs "
+                            "(0: only at the end; it is always added at the end)", min=0)
 
 
 @dataclass

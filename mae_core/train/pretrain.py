@@ -17,6 +17,7 @@ import time
 import uuid
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
@@ -26,6 +27,7 @@ from ..data import ImageFolderDataset, build_pretrain_transform
 from ..mae import MAE_PRESETS, MaskedAutoencoder
 from ..provenance import git_commit, now_iso, versions
 from ..result import RunResult
+from ..visualize import grid_image, load_image_files, seeded_panels
 from .configs import PretrainConfig
 from .distributed import (
     DistInfo,
@@ -42,6 +44,7 @@ from .state import LAST, find_resume, restore_training_state, save_training_stat
 from .step import backward_and_update, global_loss
 
 FINAL = "mae_pretrain.pth"
+VIS_IMAGES = 4  # rows of the reconstruction grid in TensorBoard
 
 
 
@@ -81,6 +84,15 @@ def train_one_epoch(model, loader, optimizer, scaler, epoch: int, cfg: PretrainC
             log.write(epoch=epoch, step=epoch * steps + step + 1, loss=loss_value,
                       lr=optimizer.param_groups[0]["lr"], img_per_s=seen / (time.perf_counter() - t0))
     return {"loss": sum(losses) / max(len(losses), 1), "img_per_s": seen / (time.perf_counter() - t0)}
+
+
+def log_reconstructions(log: MetricsLog, model, dataset, img_size: int, mask_ratio: float, epoch: int) -> None:
+    """The reconstruction grid of the first training images (eval transform, fixed masks) into TensorBoard."""
+    if log.writer is None:
+        return
+    images = load_image_files([path for path, _ in dataset.samples[:VIS_IMAGES]], img_size)
+    grid = grid_image(seeded_panels(model, images, mask_ratio), cell=max(img_size, 64))
+    log.image("reconstruction", np.asarray(grid), epoch)
 
 
 def pretrain(cfg: PretrainConfig) -> RunResult:
@@ -141,6 +153,8 @@ def _pretrain(cfg: PretrainConfig, info: DistInfo) -> RunResult:
                 last_good = save_training_state(out / LAST, model, meta, optimizer, scaler, epoch)
             if cfg.keep_every and (epoch + 1) % cfg.keep_every == 0:
                 save_mae_checkpoint(out / f"checkpoint-{epoch + 1}.pth", model, meta)
+            if (cfg.vis_every and (epoch + 1) % cfg.vis_every == 0) or epoch + 1 == cfg.epochs:
+                log_reconstructions(log, model, dataset, kwargs["img_size"], cfg.mask_ratio, epoch + 1)
         barrier(info)
 
     final = out / FINAL

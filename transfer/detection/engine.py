@@ -24,7 +24,7 @@ from detectron2.engine import AMPTrainer, SimpleTrainer, default_setup, hooks, l
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
-from detectron2.utils.events import CommonMetricPrinter, JSONWriter
+from detectron2.utils.events import CommonMetricPrinter, JSONWriter, TensorboardXWriter
 
 from mae_core.ckpt_io import sha256_file
 from mae_core.errors import MAETransferError
@@ -181,7 +181,8 @@ def do_train(job: DetectionJob, cfg, enc) -> list[dict]:
         hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
         hooks.EvalHook(cfg.train.eval_period, evaluate),
         hooks.PeriodicWriter([CommonMetricPrinter(cfg.train.max_iter),
-                              JSONWriter(str(Path(cfg.train.output_dir) / "metrics.json"))],
+                              JSONWriter(str(Path(cfg.train.output_dir) / "metrics.json")),
+                              TensorboardXWriter(cfg.train.output_dir)],  # as lazyconfig_train_net's default_writers
                              period=cfg.train.log_period) if comm.is_main_process() else None,
     ])
     # --init is already in the model; resume (if a checkpoint exists) replaces everything, else nothing is loaded

@@ -14,3 +14,6 @@ _base_ = ["mmseg::mae/mae-base_upernet_8xb2-amp-160k_ade20k-512x512.py"]
 model = dict(pretrained=None)
 auto_scale_lr = dict(enable=False, base_batch_size=16)  # 8 GPUs x 2 images, the published batch
 default_hooks = dict(checkpoint=dict(max_keep_ckpts=2, save_last=True))
+# TensorBoard scalars (loss, lr, mIoU, ...) in `<work_dir>/<timestamp>/vis_data/`, beside mmengine's own files,
+# as every engine of the suite writes them; the configs that `_base_` this one inherit it.
+visualizer = dict(vis_backends=[dict(type="LocalVisBackend"), dict(type="TensorboardVisBackend")])
