@@ -75,4 +75,4 @@ def test_set_max_iter_scales_schedule():
 
 
 def test_protocol_names():
-    assert set(PROTOCOLS) == {"tiny", "b", "l", "h"}
+    assert set(PROTOCOLS) == {"tiny", "vit-b", "vit-l", "vit-h"}
