@@ -33,6 +33,7 @@ from ..provenance import git_commit, now_iso, versions
 from .distributed import DistInfo, barrier, cleanup, init_distributed, train_loader
 from .ema import summarise, update_count
 from .evaluate import arch_name, eval_loader, evaluate
+from .fast import maybe_compile
 from .metrics import MetricsLog
 from .optim import lr_at, scaled_lr, set_lr
 from .precision import autocast, grad_scaler, resolve_precision
@@ -55,6 +56,8 @@ class Recipe:
     clip_grad: float | None = None
     init_report: dict = field(default_factory=dict)  # missing / unexpected keys of the --init load
     model_ema: nn.Module | None = None  # timm's ModelEmaV3 of `model`, updated after each optimiser step
+    compile: bool = False  # train through torch.compile (saving and evaluation use `model` itself)
+    optimizer_impl: str | None = None  # e.g. 'AdamW (fused)': recorded in config.json
 
 
 @dataclass
@@ -172,7 +175,8 @@ def _train(cfg, task: str, train_transform, make_recipe: MakeRecipe, info: DistI
         run = {**meta.get("run", {}), "config": cfg.to_dict(), "resumed_at": now_iso(),
                "resumed_from_epoch": start_epoch}
         elapsed, best = meta.get("elapsed_s", 0.0), meta.get("best", best)
-    model = DistributedDataParallel(recipe.model) if info.enabled else recipe.model
+    run.update(optimizer=recipe.optimizer_impl or type(recipe.optimizer).__name__, compile=recipe.compile)
+    model = maybe_compile(DistributedDataParallel(recipe.model) if info.enabled else recipe.model, recipe.compile)
 
     log = MetricsLog(out / "log.jsonl", enabled=info.is_main)
     if info.is_main:

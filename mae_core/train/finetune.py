@@ -31,6 +31,7 @@ from ..models_vit import (
 from .classification import ClassifierRun, Recipe, train_classifier
 from .distributed import DistInfo
 from .ema import build_model_ema
+from .fast import build_adamw
 from .layer_decay import param_groups_layer_decay
 from .options import RunOptions, opt
 
@@ -82,6 +83,8 @@ class FinetuneConfig(RunOptions):
     model_ema_decay: float = opt(0.9999, "EMA decay per optimiser step", min=0.0, max=1.0)
     model_ema_warmup: bool = opt(False, "timm's EMA decay warm-up (1 - step^(-2/3), capped at the decay): for runs "
                                         "of a few thousand steps, where a fixed 0.9999 stays near the early weights")
+    compile: bool = opt(False, "run the training step through torch.compile (a one-off compile first; "
+                               "checkpoints keep the plain key names)")
 
     @property
     def mixup_active(self) -> bool:
@@ -128,11 +131,11 @@ def make_recipe(cfg: FinetuneConfig):
             init_head(model, std=2e-5)
         model.to(info.device)
         groups = param_groups_layer_decay(model, cfg.weight_decay, cfg.layer_decay)
-        optimizer = torch.optim.AdamW(groups, lr=lr, betas=(0.9, cfg.beta2))
+        optimizer, adamw = build_adamw(groups, info.device, lr=lr, betas=(0.9, cfg.beta2))
         ema = build_model_ema(model, cfg.model_ema_decay, cfg.model_ema_warmup) if cfg.model_ema else None
         return Recipe(model=model, model_kwargs=kwargs, optimizer=optimizer, criterion=build_criterion(cfg),
                       mixup=build_mixup(cfg, num_classes), clip_grad=cfg.clip_grad, init_report=report,
-                      model_ema=ema)
+                      model_ema=ema, compile=cfg.compile, optimizer_impl=f"AdamW ({adamw})")
     return recipe
 
 
