@@ -72,11 +72,11 @@ def build(variant: str, config: str, decoder_depth: int, seed: int = 0) -> Maske
     return (MaskTokenEncoderMAE if variant == VARIANTS[1] else MaskedAutoencoder)(**kwargs)
 
 
-def inputs(model: MaskedAutoencoder, batch: int, n: int, seed: int):
+def inputs(model: MaskedAutoencoder, batch: int, n: int, seed: int, device: str = "cpu"):
     g = torch.Generator().manual_seed(seed)
     side = model.patch_embed.img_size[0]
-    imgs = torch.randn(batch, 3, side, side, generator=g)
-    return imgs, [torch.rand(batch, model.patch_embed.num_patches, generator=g) for _ in range(n)]
+    imgs = torch.randn(batch, 3, side, side, generator=g).to(device)
+    return imgs, [torch.rand(batch, model.patch_embed.num_patches, generator=g).to(device) for _ in range(n)]
 
 
 def step_flops(model: MaskedAutoencoder, imgs: torch.Tensor, noise: torch.Tensor) -> int:
@@ -98,35 +98,44 @@ def encoder_tokens(model: MaskedAutoencoder, imgs: torch.Tensor, noise: torch.Te
 
 
 def measure(variant: str, config: str, decoder_depth: int, batch: int, steps: int, warmup: int,
-            precision: str = "fp32", seed: int = 0) -> dict:
-    """Time `steps` training steps (after `warmup`) of one variant in this process."""
-    model = build(variant, config, decoder_depth, seed).train()
-    imgs, noises = inputs(model, batch, warmup + steps, seed)
+            precision: str = "fp32", seed: int = 0, device: str = "cpu") -> dict:
+    """Time `steps` training steps (after `warmup`) of one variant in this process.
+    Memory: on CUDA the peak allocated; on CPU the peak RSS of the steps minus the RSS after building."""
+    model = build(variant, config, decoder_depth, seed).to(device).train()
+    imgs, noises = inputs(model, batch, warmup + steps, seed, device)
     flops = step_flops(model, imgs[:1], noises[0][:1]) * batch
     rss_before, method = start_rss_peak()
-    opt, impl = build_adamw(param_groups_weight_decay(model, 0.05), "cpu", lr=1.5e-4, betas=(0.9, 0.95))
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base_mb = torch.cuda.memory_allocated() / 2**20
+    opt, impl = build_adamw(param_groups_weight_decay(model, 0.05), device, lr=1.5e-4, betas=(0.9, 0.95))
     times, losses = [], []
     for i in range(warmup + steps):
+        sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+        sync()
         t0 = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16"):
             loss = model(imgs, mask_ratio=MASK_RATIO, noise=noises[i]).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        sync()
         if i >= warmup:
             times.append(time.perf_counter() - t0)
         losses.append(loss.item())
     return dict(variant=variant, decoder_depth=decoder_depth, batch=batch, precision=precision, step_s=times,
                 img_per_s=batch / statistics.median(times), flops_per_step=flops, loss_first=losses[0],
                 encoder_tokens=encoder_tokens(model, imgs[:1], noises[0][:1]),
-                mem_mb=peak_rss_mb(method) - rss_before, adamw=impl)
+                mem_mb=(torch.cuda.max_memory_allocated() / 2**20 - base_mb) if device == "cuda"
+                else peak_rss_mb(method) - rss_before, adamw=impl, device=device)
 
 
 def run_case(variant: str, depth: int, args: argparse.Namespace) -> dict:
     """`measure` in a fresh interpreter, so each case's memory peak is its own."""
     cmd = [sys.executable, "-m", "benchmarks.perf.asymmetry", "--case", f"{variant}:{depth}",
            "--config", args.config, "--batch", str(args.batch), "--steps", str(args.steps),
-           "--warmup", str(args.warmup), "--threads", str(args.threads), "--precision", args.precision]
+           "--warmup", str(args.warmup), "--threads", str(args.threads), "--precision", args.precision,
+           "--device", args.device]
     done = subprocess.run(cmd, capture_output=True, text=True,
                           env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
     if done.returncode:
@@ -147,7 +156,8 @@ def compare(cases: list[dict]) -> list[dict]:
     return rows
 
 
-def main(argv: list[str] | None = None) -> dict | None:
+def parser() -> argparse.ArgumentParser:
+    """The command line (scripts/gpu_check.sh's invocations are parsed against it in the tests)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", choices=sorted(CONFIGS), default="vit_large",
                    help="vit_large: the paper's ViT-L/16 at 224 px; tiny: a smoke test in seconds")
@@ -157,22 +167,29 @@ def main(argv: list[str] | None = None) -> dict | None:
     p.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="fp32, or bf16 CPU autocast")
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="intra-op threads")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="where to run (default: cuda if available)")
     p.add_argument("--json", metavar="OUT", help="also write the report here")
     p.add_argument("--case", help=argparse.SUPPRESS)  # internal: VARIANT:DEPTH, one case, JSON on stdout
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    args = parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.case:
         variant, depth = args.case.split(":")
         print(json.dumps(measure(variant, args.config, int(depth), args.batch, args.steps, args.warmup,
-                                 args.precision)))
+                                 args.precision, device=args.device)))
         return None
 
     cases = [run_case(v, d, args) for d in args.depths for v in VARIANTS]
     rows = compare(cases)
     env = dict(torch=torch.__version__, cpu_capability=torch.backends.cpu.get_cpu_capability(),
-               cpu_native_bf16=cpu_native_bf16(), threads=args.threads)
-    print(f"MAE step vs mask tokens in the encoder: {args.config}, batch {args.batch}, {args.precision}, "
-          f"{env['cpu_capability']}, {args.threads} threads")
+               cpu_native_bf16=cpu_native_bf16(), threads=args.threads, device=args.device,
+               device_name=torch.cuda.get_device_name() if args.device == "cuda" else None)
+    where = env["device_name"] if args.device == "cuda" else f"{env['cpu_capability']}, {args.threads} threads"
+    print(f"MAE step vs mask tokens in the encoder: {args.config}, batch {args.batch}, {args.precision}, {where}")
     for r in rows:
         paper = f" (paper: {r['paper_speed_up']}x)" if r["paper_speed_up"] else ""
         mem = "n/a" if r["memory_ratio"] is None else f"{r['memory_ratio']:.2f}x"
