@@ -34,6 +34,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import timm
 import torch
@@ -45,7 +46,8 @@ from mae_core.train.fast import build_adamw
 
 from .official import build_official, official_loss, seeded_noise
 
-MODELS = ("ours", "hf", "official")
+MODELS = ("ours", "hf")  # always timed
+ALL_MODELS = (*MODELS, "official")  # with --official PATH
 PRECISIONS = ("fp32", "bf16")
 MASK_RATIO = 0.75
 HF_ATTN = "sdpa"  # HF's default; timm's Block also calls F.scaled_dot_product_attention
@@ -259,7 +261,7 @@ def summarize(cases: list[dict]) -> tuple[list[dict], list[dict]]:
     """Pool repeats per (model, precision): img/s median/min/max over all timed steps, worst memory;
     then ours/HF per precision (speed > 1: ours faster; memory < 1: ours needs less)."""
     rows = []
-    for model in MODELS:
+    for model in ALL_MODELS:
         for precision in PRECISIONS:
             runs = [c for c in cases if (c["model"], c["precision"]) == (model, precision)]
             if not runs:
@@ -358,7 +360,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> dict | None:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    if args.official and not (Path(args.official).expanduser() / "models_mae.py").is_file():
+        p.error(f"--official {args.official}: no models_mae.py there; pass a checkout of facebookresearch/mae "
+                "(e.g. git clone https://github.com/facebookresearch/mae)")
     torch.set_num_threads(args.threads)
 
     if args.case:
@@ -373,7 +379,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     official = f", official {sanity['loss_official']:.6f}" if args.official else ""
     print(f"params ours {sanity['params']['ours']}, hf {sanity['params']['hf']}; preflight loss "
           f"ours {sanity['loss_ours']:.6f}, hf {sanity['loss_hf']:.6f}{official} (weights: {sanity['weights']})")
-    models = MODELS if args.official else MODELS[:2]
+    models = ALL_MODELS if args.official else MODELS
     order = [(m, prec) for prec in args.precision for m in models]
     cases = []
     for r in range(args.repeats):
