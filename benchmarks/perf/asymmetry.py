@@ -29,8 +29,9 @@ from mae_core.mae import MAE_PRESETS, MaskedAutoencoder
 from mae_core.train.fast import build_adamw
 from mae_core.train.optim import param_groups_weight_decay
 
+from .memory import peak_rss_mb, start_rss_peak
 from .pretrain_step import CONFIGS as STEP_CONFIGS
-from .pretrain_step import cpu_native_bf16, peak_rss_mb, start_rss_peak
+from .pretrain_step import cpu_native_bf16
 
 VARIANTS = ("mae", "mask_tokens_in_encoder")
 CONFIGS = {"vit_large": ("mae_vit_large_patch16", {}, 224), "tiny": STEP_CONFIGS["tiny"]}

@@ -29,7 +29,6 @@ import json
 import math
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -44,6 +43,7 @@ from transformers import ViTMAEConfig, ViTMAEForPreTraining
 from mae_core.mae import MAE_PRESETS, MaskedAutoencoder
 from mae_core.train.fast import build_adamw
 
+from .memory import peak_rss_mb, start_rss_peak
 from .official import build_official, official_loss, seeded_noise
 
 MODELS = ("ours", "hf")  # always timed
@@ -60,7 +60,6 @@ CONFIGS = {
                                           norm_pix_loss=True), 32),
 }
 OPTIMIZER = dict(lr=1.5e-4, betas=(0.9, 0.95), weight_decay=0.05)  # the MAE pretraining recipe
-_KIB = 1 if sys.platform == "darwin" else 1024  # ru_maxrss unit: bytes on macOS, KiB on Linux
 
 
 def model_kwargs(config: str, img_size: int | None = None) -> dict:
@@ -136,27 +135,6 @@ def make_inputs(kwargs: dict, batch: int, n_steps: int, device: str, seed: int):
 def _sync(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
-
-
-def _proc_status_mb(field: str) -> float:
-    line = next(ln for ln in open("/proc/self/status") if ln.startswith(field + ":"))
-    return int(line.split()[1]) / 1024  # kB
-
-
-def start_rss_peak() -> tuple[float, str]:
-    """Reset the kernel's peak-RSS mark to the current RSS; (RSS now in MB, how peaks will be read)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # Linux >= 4.0: VmHWM := VmRSS
-        return _proc_status_mb("VmRSS"), "VmHWM"
-    except OSError:  # not Linux: a high-water mark that cannot be reset, so the baseline is the peak so far
-        return peak_rss_mb("ru_maxrss"), "ru_maxrss"
-
-
-def peak_rss_mb(method: str) -> float:
-    if method == "VmHWM":
-        return _proc_status_mb("VmHWM")
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * _KIB / 2**20
 
 
 def measure(model: str, precision: str, config: str = "vit_base", batch: int = 8, img_size: int | None = None,
