@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import pytest
 
@@ -52,3 +53,29 @@ def test_main_report_and_json(tmp_path, monkeypatch, capsys):
     assert report["sanity"]["loss_abs_diff"] < 1e-5  # our weights in HF: the same loss
     assert {"torch", "transformers", "timm", "threads", "device"} <= set(report["env"])
     assert "ours/HF fp32: speed" in capsys.readouterr().out
+
+
+OFFICIAL = os.environ.get("MAE_OFFICIAL_DIR", "/tmp/official-mae")  # a checkout of facebookresearch/mae
+
+
+def test_official_path_without_models_mae_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        bench.main(["--config", "tiny", "--official", str(tmp_path)])
+    assert exit_.value.code == 2 and "no models_mae.py there" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not os.path.isfile(os.path.join(OFFICIAL, "models_mae.py")),
+                    reason="no official MAE checkout (set MAE_OFFICIAL_DIR)")
+def test_official_model_has_our_loss_and_a_ratio(monkeypatch, capsys):
+    """The official models_mae.py with our weights and the same seeded noise: the same loss, and a ratio line."""
+    monkeypatch.setattr(bench, "run_case", lambda model, precision, args: bench.measure(
+        model, precision, args.config, args.batch, args.img_size, args.steps, args.warmup, args.device, args.seed,
+        args.official))
+    report = bench.main(["--config", "tiny", "--batch", "2", "--steps", "1", "--warmup", "1", "--repeats", "1",
+                         "--precision", "fp32", "--device", "cpu", "--threads", "1", "--official", OFFICIAL])
+    assert report["sanity"]["loss_abs_diff_official"] < 1e-5
+    assert report["sanity"]["params"]["official"] == report["sanity"]["params"]["ours"]
+    (ratio,) = report["ratios"]
+    by = {r["model"]: r["img_per_s_median"] for r in report["results"]}
+    assert ratio["ratio"] == pytest.approx(by["ours"] / by["official"])
+    assert "ratio" in capsys.readouterr().out

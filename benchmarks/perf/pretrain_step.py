@@ -1,4 +1,4 @@
-"""One MAE pretraining step, ours vs Hugging Face `ViTMAEForPreTraining`: throughput and peak memory.
+"""One MAE pretraining step, ours vs Hugging Face `ViTMAEForPreTraining` (and the official code): speed, memory.
 
 A step is forward (same images, same masking noise for both models), loss, backward, AdamW step,
 zero_grad. Both models get the same configuration, batch, optimizer, precision and weights (ours,
@@ -12,6 +12,12 @@ for both). On Linux the kernel's peak mark is reset first (/proc/self/clear_refs
 transient peak (imports, building) cannot hide the case's own; elsewhere `ru_maxrss` is used.
 Cases run in alternating order over `--repeats` rounds so background load hits both models alike.
 
+`--official PATH` adds the official `models_mae.py` from a checkout of facebookresearch/mae (imported
+by `official.py`, never vendored), with our weights (same key names) and the same noise (it draws
+`torch.rand` after the same seed). Ours runs as our engine does: the platform's AdamW kernel (fused on
+CPU/CUDA); `--ours-compile` adds torch.compile. The others get `torch.optim.AdamW` as their engines
+call it (its default kernel: the per-parameter loop on CPU).
+
     python -m benchmarks.perf.pretrain_step --config vit_base --batch 8 --steps 10 --json out.json
 """
 
@@ -23,11 +29,11 @@ import json
 import math
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import timm
 import torch
@@ -35,8 +41,13 @@ import transformers
 from transformers import ViTMAEConfig, ViTMAEForPreTraining
 
 from mae_core.mae import MAE_PRESETS, MaskedAutoencoder
+from mae_core.train.fast import build_adamw
 
-MODELS = ("ours", "hf")
+from .memory import peak_rss_mb, start_rss_peak
+from .official import build_official, official_loss, seeded_noise
+
+MODELS = ("ours", "hf")  # always timed
+ALL_MODELS = (*MODELS, "official")  # with --official PATH
 PRECISIONS = ("fp32", "bf16")
 MASK_RATIO = 0.75
 HF_ATTN = "sdpa"  # HF's default; timm's Block also calls F.scaled_dot_product_attention
@@ -49,7 +60,6 @@ CONFIGS = {
                                           norm_pix_loss=True), 32),
 }
 OPTIMIZER = dict(lr=1.5e-4, betas=(0.9, 0.95), weight_decay=0.05)  # the MAE pretraining recipe
-_KIB = 1 if sys.platform == "darwin" else 1024  # ru_maxrss unit: bytes on macOS, KiB on Linux
 
 
 def model_kwargs(config: str, img_size: int | None = None) -> dict:
@@ -77,7 +87,7 @@ def hf_config(kwargs: dict) -> ViTMAEConfig:
         attention_probs_dropout_prob=0.0, attn_implementation=HF_ATTN)
 
 
-def build(model: str, kwargs: dict, seed: int = 0) -> torch.nn.Module:
+def build(model: str, kwargs: dict, seed: int = 0, official: str | None = None) -> torch.nn.Module:
     """Both models carry the same weights (ours, seeded, converted for HF), so both compute on the same numbers.
 
     HF's own fresh init is not used: in transformers 5.x it leaves the position embeddings and the mask
@@ -87,6 +97,8 @@ def build(model: str, kwargs: dict, seed: int = 0) -> torch.nn.Module:
     ours = MaskedAutoencoder(**kwargs)
     if model == "ours":
         return ours
+    if model == "official":
+        return build_official(official, kwargs, ours.state_dict())
     from mae_core.hf import mae_to_hf_state_dict
 
     hf = ViTMAEForPreTraining(hf_config(kwargs))
@@ -97,7 +109,9 @@ def build(model: str, kwargs: dict, seed: int = 0) -> torch.nn.Module:
     return hf
 
 
-def loss_of(model: torch.nn.Module, imgs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+def loss_of(model: torch.nn.Module, imgs: torch.Tensor, noise: torch.Tensor, noise_seed: int) -> torch.Tensor:
+    if type(model).__name__ == "MaskedAutoencoderViT":  # the official one: draws its own noise, seeded
+        return official_loss(model, imgs, MASK_RATIO, noise_seed)
     if isinstance(model, ViTMAEForPreTraining):  # mask ratio comes from its config
         return model(pixel_values=imgs, noise=noise).loss
     return model(imgs, mask_ratio=MASK_RATIO, noise=noise).loss
@@ -110,12 +124,12 @@ def param_counts(model: torch.nn.Module) -> dict:
 
 
 def make_inputs(kwargs: dict, batch: int, n_steps: int, device: str, seed: int):
-    """Seeded images and one masking noise per step: identical for both models."""
+    """Seeded images and one masking noise per step (and its seed, for the official model): identical for all."""
     g = torch.Generator().manual_seed(seed)
     side, patch = kwargs["img_size"], kwargs["patch_size"]
     imgs = torch.randn(batch, 3, side, side, generator=g).to(device)
-    noises = [torch.rand(batch, (side // patch) ** 2, generator=g).to(device) for _ in range(n_steps)]
-    return imgs, noises
+    seeds = [seed * 1000 + 1 + i for i in range(n_steps)]
+    return imgs, [seeded_noise(batch, (side // patch) ** 2, device, s) for s in seeds], seeds
 
 
 def _sync(device: str) -> None:
@@ -123,29 +137,9 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _proc_status_mb(field: str) -> float:
-    line = next(ln for ln in open("/proc/self/status") if ln.startswith(field + ":"))
-    return int(line.split()[1]) / 1024  # kB
-
-
-def start_rss_peak() -> tuple[float, str]:
-    """Reset the kernel's peak-RSS mark to the current RSS; (RSS now in MB, how peaks will be read)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # Linux >= 4.0: VmHWM := VmRSS
-        return _proc_status_mb("VmRSS"), "VmHWM"
-    except OSError:  # not Linux: a high-water mark that cannot be reset, so the baseline is the peak so far
-        return peak_rss_mb("ru_maxrss"), "ru_maxrss"
-
-
-def peak_rss_mb(method: str) -> float:
-    if method == "VmHWM":
-        return _proc_status_mb("VmHWM")
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * _KIB / 2**20
-
-
 def measure(model: str, precision: str, config: str = "vit_base", batch: int = 8, img_size: int | None = None,
-            steps: int = 10, warmup: int = 2, device: str = "cpu", seed: int = 0) -> dict:
+            steps: int = 10, warmup: int = 2, device: str = "cpu", seed: int = 0, official: str | None = None,
+            ours_compile: bool = False) -> dict:
     """Time `warmup + steps` full training steps of one model in this process; return one case record.
 
     `mem_mb` is the number compared between models: CUDA peak allocated, or on CPU the peak RSS
@@ -155,35 +149,42 @@ def measure(model: str, precision: str, config: str = "vit_base", batch: int = 8
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     kwargs = model_kwargs(config, img_size)
-    imgs, noises = make_inputs(kwargs, batch, warmup + steps, device, seed)
+    imgs, noises, noise_seeds = make_inputs(kwargs, batch, warmup + steps, device, seed)
     gc.collect()
-    net = build(model, kwargs, seed).to(device).train()
+    net = build(model, kwargs, seed, official).to(device).train()
     gc.collect()  # building HF holds a converted copy of our weights for a moment: not part of the step
     if device == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     rss_before, rss_method = start_rss_peak()
-    opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], **OPTIMIZER)
-    step_s, losses = [], []
+    params = [p for p in net.parameters() if p.requires_grad]
+    if model == "ours":  # as our engine: the platform's fastest AdamW kernel
+        opt, adamw = build_adamw(params, device, **OPTIMIZER)
+    else:  # as their engines call it
+        opt, adamw = torch.optim.AdamW(params, **OPTIMIZER), "default"
+    step_net = torch.compile(net) if model == "ours" and ours_compile else net
+    step_s, cpu_s, losses = [], [], []
     for i in range(warmup + steps):
         _sync(device)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         with torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            loss = loss_of(net, imgs, noises[i])
+            loss = loss_of(step_net, imgs, noises[i], noise_seeds[i])
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         _sync(device)
         if i >= warmup:
             step_s.append(time.perf_counter() - t0)
+            cpu_s.append(time.process_time() - c0)
         losses.append(loss.item())  # after the clock stops; item() syncs CUDA anyway
         if i == 0 and not math.isfinite(losses[0]):  # before any timed step (with warmup >= 1)
             raise RuntimeError(f"{model} {precision}: first loss is {losses[0]}, not finite")
 
     rss_peak = peak_rss_mb(rss_method)
     record = dict(model=model, precision=precision, device=device, batch=batch, steps=steps, warmup=warmup,
-                  step_s=step_s, loss_first=losses[0], loss_last=losses[-1], params=param_counts(net),
-                  rss_peak_mb=rss_peak, rss_delta_mb=rss_peak - rss_before, rss_method=rss_method)
+                  step_s=step_s, cpu_s=cpu_s, loss_first=losses[0], loss_last=losses[-1], params=param_counts(net),
+                  rss_peak_mb=rss_peak, rss_delta_mb=rss_peak - rss_before, rss_method=rss_method, adamw=adamw,
+                  compiled=step_net is not net)
     if model == "hf":
         record["hf_attn_implementation"] = net.config._attn_implementation
     if device == "cuda":
@@ -200,6 +201,10 @@ def run_case(model: str, precision: str, args: argparse.Namespace) -> dict:
            "--device", args.device, "--seed", str(args.seed)]
     if args.img_size:
         cmd += ["--img-size", str(args.img_size)]
+    if args.official:
+        cmd += ["--official", args.official]
+    if args.ours_compile:
+        cmd += ["--ours-compile"]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode:
@@ -208,41 +213,58 @@ def run_case(model: str, precision: str, args: argparse.Namespace) -> dict:
 
 
 @torch.no_grad()
-def preflight(kwargs: dict, batch: int, device: str, seed: int) -> dict:
-    """Before timing: parameter counts must match, and with our weights copied into HF the losses agree."""
-    ours, hf = build("ours", kwargs, seed).to(device), build("hf", kwargs, seed).to(device)
-    counts = {"ours": param_counts(ours), "hf": param_counts(hf)}
-    if counts["ours"] != counts["hf"]:
-        raise RuntimeError(f"the two models differ in size, the comparison would be unfair: {counts}")
-    weights = "ours copied into HF (also while timing)"
-    imgs, (noise,) = make_inputs(kwargs, batch, 1, device, seed)
-    loss_ours, loss_hf = loss_of(ours.eval(), imgs, noise).item(), loss_of(hf.eval(), imgs, noise).item()
-    if not (math.isfinite(loss_ours) and math.isfinite(loss_hf)):
-        raise RuntimeError(f"non-finite preflight loss: ours {loss_ours}, hf {loss_hf}")
-    return dict(params=counts, weights=weights, loss_ours=loss_ours, loss_hf=loss_hf,
-                loss_abs_diff=abs(loss_ours - loss_hf))
+def preflight(kwargs: dict, batch: int, device: str, seed: int, official: str | None = None) -> dict:
+    """Before timing: parameter counts must match, and with our weights copied into HF (and the official
+    model) the losses agree."""
+    names = ["ours", "hf"] + (["official"] if official else [])
+    nets = {m: build(m, kwargs, seed, official).to(device).eval() for m in names}
+    counts = {m: param_counts(net) for m, net in nets.items()}
+    if any(c != counts["ours"] for c in counts.values()):
+        raise RuntimeError(f"the models differ in size, the comparison would be unfair: {counts}")
+    weights = f"ours copied into {' and '.join(names[1:])} (also while timing)"
+    imgs, (noise,), (noise_seed,) = make_inputs(kwargs, batch, 1, device, seed)
+    losses = {m: loss_of(net, imgs, noise, noise_seed).item() for m, net in nets.items()}
+    if not all(math.isfinite(v) for v in losses.values()):
+        raise RuntimeError(f"non-finite preflight loss: {losses}")
+    report = dict(params=counts, weights=weights, loss_ours=losses["ours"], loss_hf=losses["hf"],
+                  loss_abs_diff=abs(losses["ours"] - losses["hf"]))
+    if official:
+        report.update(loss_official=losses["official"],
+                      loss_abs_diff_official=abs(losses["ours"] - losses["official"]))
+        if report["loss_abs_diff_official"] > 1e-4:
+            raise RuntimeError(f"ours and the official model disagree on the same weights and noise: {losses}")
+    return report
 
 
 def summarize(cases: list[dict]) -> tuple[list[dict], list[dict]]:
     """Pool repeats per (model, precision): img/s median/min/max over all timed steps, worst memory;
     then ours/HF per precision (speed > 1: ours faster; memory < 1: ours needs less)."""
     rows = []
-    for model in MODELS:
+    for model in ALL_MODELS:
         for precision in PRECISIONS:
             runs = [c for c in cases if (c["model"], c["precision"]) == (model, precision)]
             if not runs:
                 continue
             ips = [c["batch"] / s for c in runs for s in c["step_s"]]
+            per_cpu_s = [c["batch"] / s for c in runs for s in c.get("cpu_s", [])]
             worst = {k: max(c[k] for c in runs) for k in ("mem_mb", "rss_peak_mb", "rss_delta_mb")}
             rows.append(dict(model=model, precision=precision, img_per_s_median=statistics.median(ips),
                              img_per_s_min=min(ips), img_per_s_max=max(ips), n_steps=len(ips),
-                             repeats=len(runs), **worst, loss_last=runs[-1]["loss_last"]))
+                             repeats=len(runs),
+                             img_per_cpu_s_median=statistics.median(per_cpu_s) if per_cpu_s else None,
+                             **worst, loss_last=runs[-1]["loss_last"]))
     by = {(r["model"], r["precision"]): r for r in rows}
     ratios = [dict(precision=p,
                    speed_ours_over_hf=by["ours", p]["img_per_s_median"] / by["hf", p]["img_per_s_median"],
                    memory_ours_over_hf=by["ours", p]["mem_mb"] / by["hf", p]["mem_mb"]
                    if by["hf", p]["mem_mb"] > 0 else None)  # a tiny model may not grow RSS at all
               for p in PRECISIONS if ("ours", p) in by and ("hf", p) in by]
+    for q in ratios:
+        p = q["precision"]
+        if ("official", p) in by:  # the issue's "ratio": ours / official
+            q["ratio"] = by["ours", p]["img_per_s_median"] / by["official", p]["img_per_s_median"]
+            if by["ours", p]["img_per_cpu_s_median"]:  # robust to other processes' load on the cores
+                q["cpu_time_ratio"] = by["ours", p]["img_per_cpu_s_median"] / by["official", p]["img_per_cpu_s_median"]
     return rows, ratios
 
 
@@ -279,10 +301,10 @@ def print_table(report: dict) -> None:
           f"{env['threads']} threads; "
           f"HF attention {env['hf_attn_implementation']}, ours {env['ours_attention']}")
     print(memory_measure(env["device"]))
-    print(f"{'case':<6}{'precision':<11}{'img/s median':>13}{'min':>9}{'max':>9}{'peak MB':>10}"
+    print(f"{'case':<9}{'precision':<11}{'img/s median':>13}{'min':>9}{'max':>9}{'peak MB':>10}"
           + (f"{'abs RSS MB':>12}" if cpu else ""))
     for r in report["results"]:
-        print(f"{r['model']:<6}{r['precision']:<11}{r['img_per_s_median']:>13.2f}{r['img_per_s_min']:>9.2f}"
+        print(f"{r['model']:<9}{r['precision']:<11}{r['img_per_s_median']:>13.2f}{r['img_per_s_min']:>9.2f}"
               f"{r['img_per_s_max']:>9.2f}{r['mem_mb']:>10.0f}"
               + (f"{r['rss_peak_mb']:>12.0f}" if cpu else ""))
     if cpu and "bf16" in cfg["precisions"] and not env["cpu_native_bf16"]:
@@ -291,9 +313,18 @@ def print_table(report: dict) -> None:
         mem = q["memory_ours_over_hf"]
         print(f"ours/HF {q['precision']}: speed {q['speed_ours_over_hf']:.3f}x, "
               f"memory {'n/a' if mem is None else f'{mem:.3f}x'}")
+    by = {(r["model"], r["precision"]): r for r in report["results"]}
+    for q in report["ratios"]:
+        if "ratio" in q:
+            p = q["precision"]
+            print(f"{p}: ours {by['ours', p]['img_per_s_median']:.2f} img/s, official "
+                  f"{by['official', p]['img_per_s_median']:.2f} img/s, ratio {q['ratio']:.3f} (ours / official); "
+                  f"per CPU-second: {by['ours', p]['img_per_cpu_s_median']:.2f} vs "
+                  f"{by['official', p]['img_per_cpu_s_median']:.2f} img, ratio {q.get('cpu_time_ratio', 0):.3f}")
 
 
-def main(argv: list[str] | None = None) -> dict | None:
+def parser() -> argparse.ArgumentParser:
+    """The command line (scripts/gpu_check.sh's invocations are parsed against it in the tests)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", choices=sorted(CONFIGS), default="vit_base")
     p.add_argument("--batch", type=int, default=8)
@@ -308,22 +339,34 @@ def main(argv: list[str] | None = None) -> dict | None:
                    help="default: cuda if available")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", metavar="OUT", help="also write the report here")
+    p.add_argument("--official", metavar="PATH", help="also time the official models_mae.py from this checkout")
+    p.add_argument("--ours-compile", action="store_true", help="run our step through torch.compile")
     p.add_argument("--case", help=argparse.SUPPRESS)  # internal: MODEL:PRECISION, one case, JSON on stdout
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    p = parser()
     args = p.parse_args(argv)
+    if args.official and not (Path(args.official).expanduser() / "models_mae.py").is_file():
+        p.error(f"--official {args.official}: no models_mae.py there; pass a checkout of facebookresearch/mae "
+                "(e.g. git clone https://github.com/facebookresearch/mae)")
     torch.set_num_threads(args.threads)
 
     if args.case:
         model, precision = args.case.split(":")
         print(json.dumps(measure(model, precision, args.config, args.batch, args.img_size, args.steps,
-                                 args.warmup, args.device, args.seed)))
+                                 args.warmup, args.device, args.seed, args.official, args.ours_compile)))
         return None
 
     kwargs = model_kwargs(args.config, args.img_size)
-    sanity = preflight(kwargs, args.batch, args.device, args.seed)
+    sanity = preflight(kwargs, args.batch, args.device, args.seed, args.official)
     gc.collect()
+    official = f", official {sanity['loss_official']:.6f}" if args.official else ""
     print(f"params ours {sanity['params']['ours']}, hf {sanity['params']['hf']}; preflight loss "
-          f"ours {sanity['loss_ours']:.6f}, hf {sanity['loss_hf']:.6f} (weights: {sanity['weights']})")
-    order = [(m, prec) for prec in args.precision for m in MODELS]
+          f"ours {sanity['loss_ours']:.6f}, hf {sanity['loss_hf']:.6f}{official} (weights: {sanity['weights']})")
+    models = ALL_MODELS if args.official else MODELS
+    order = [(m, prec) for prec in args.precision for m in models]
     cases = []
     for r in range(args.repeats):
         for model, precision in order if r % 2 == 0 else order[::-1]:
@@ -332,7 +375,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     rows, ratios = summarize(cases)
     config = dict(name=args.config, model_kwargs=kwargs, img_size=kwargs["img_size"], batch=args.batch,
                   steps=args.steps, warmup=args.warmup, repeats=args.repeats, precisions=args.precision,
-                  mask_ratio=MASK_RATIO, optimizer=dict(name="AdamW", **OPTIMIZER), seed=args.seed)
+                  mask_ratio=MASK_RATIO, optimizer=dict(name="AdamW", **OPTIMIZER), seed=args.seed,
+                  official=args.official, ours_compile=args.ours_compile)
     report = dict(benchmark="pretrain_step", env=environment(args), config=config,
                   memory_measure=memory_measure(args.device), sanity=sanity, results=rows, ratios=ratios,
                   cases=cases)

@@ -35,6 +35,7 @@ from ..result import RunResult
 from .distributed import DistInfo, barrier, cleanup, init_distributed, train_loader
 from .ema import summarise, update_count
 from .evaluate import checkpoint_sha256, eval_loader, evaluate  # noqa: F401  (checkpoint_sha256: public here)
+from .fast import maybe_compile
 from .metrics import MetricsLog
 from .optim import lr_at, scaled_lr, set_lr
 from .precision import autocast, grad_scaler, resolve_precision
@@ -58,6 +59,8 @@ class Recipe:
     init_report: LoadReport = field(default_factory=LoadReport)  # the --init load, tensor by tensor
     model_ema: nn.Module | None = None  # timm's ModelEmaV3 of `model`, updated after each optimiser step
     feature: dict | None = None  # a probe's feature (features.FeatureChoice.as_dict()), for the record's config
+    compile: bool = False  # train through torch.compile (saving and evaluation use `model` itself)
+    optimizer_impl: str | None = None  # e.g. 'AdamW (fused)': recorded in config.json
 
 
 MakeRecipe = Callable[[int, DistInfo, float], Recipe]  # (num_classes, dist info, peak lr) -> Recipe
@@ -170,7 +173,8 @@ def _train(cfg, task: str, train_transform, make_recipe: MakeRecipe, info: DistI
         run = {**meta.get("run", {}), "config": cfg.to_dict(), "resumed_at": now_iso(),
                "resumed_from_epoch": start_epoch}
         elapsed, best = meta.get("elapsed_s", 0.0), meta.get("best", best)
-    model = DistributedDataParallel(recipe.model) if info.enabled else recipe.model
+    run.update(optimizer=recipe.optimizer_impl or type(recipe.optimizer).__name__, compile=recipe.compile)
+    model = maybe_compile(DistributedDataParallel(recipe.model) if info.enabled else recipe.model, recipe.compile)
 
     log = MetricsLog(out / "log.jsonl", enabled=info.is_main)
     if info.is_main:

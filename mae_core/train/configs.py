@@ -41,6 +41,8 @@ class PretrainConfig(RunOptions):
     keep_every: int = opt(20, "also keep checkpoint-EPOCH.pth every N epochs (0: never)", min=0)
     vis_every: int = opt(0, "add the reconstruction grid of a few training images to TensorBoard every N epochs "
                             "(0: only at the end; it is always added at the end)", min=0)
+    compile: bool = opt(False, "run the training step through torch.compile (a one-off compile first; "
+                               "checkpoints keep the plain key names)")
 
 
 @dataclass
@@ -90,6 +92,8 @@ class FinetuneConfig(RunOptions):
     model_ema_decay: float = opt(0.9999, "EMA decay per optimiser step", min=0.0, max=1.0)
     model_ema_warmup: bool = opt(False, "timm's EMA decay warm-up (1 - step^(-2/3), capped at the decay): for runs "
                                         "of a few thousand steps, where a fixed 0.9999 stays near the early weights")
+    compile: bool = opt(False, "run the training step through torch.compile (a one-off compile first; "
+                               "checkpoints keep the plain key names)")
 
     @property
     def mixup_active(self) -> bool:

@@ -29,6 +29,7 @@ from .classification import Recipe, train_classifier
 from .configs import FinetuneConfig
 from .distributed import DistInfo
 from .ema import build_model_ema
+from .fast import build_adamw
 from .init_report import load_classifier_init
 from .layer_decay import param_groups_layer_decay
 
@@ -72,11 +73,11 @@ def make_recipe(cfg: FinetuneConfig):
             init_head(model, std=2e-5)
         model.to(info.device)
         groups = param_groups_layer_decay(model, cfg.weight_decay, cfg.layer_decay)
-        optimizer = torch.optim.AdamW(groups, lr=lr, betas=(0.9, cfg.beta2))
+        optimizer, adamw = build_adamw(groups, info.device, lr=lr, betas=(0.9, cfg.beta2))
         ema = build_model_ema(model, cfg.model_ema_decay, cfg.model_ema_warmup) if cfg.model_ema else None
         return Recipe(model=model, model_kwargs=kwargs, optimizer=optimizer, criterion=build_criterion(cfg),
                       mixup=build_mixup(cfg, num_classes), clip_grad=cfg.clip_grad, init_report=report,
-                      model_ema=ema)
+                      model_ema=ema, compile=cfg.compile, optimizer_impl=f"AdamW ({adamw})")
     return recipe
 
 

