@@ -84,10 +84,10 @@ check "torchrun-nccl-${NGPU}proc" "last_loss $W/pt_ddp" -- \
     "$PY" -m torch.distributed.run --standalone --nproc-per-node "$NGPU" -m benchmarks.cli \
     pretrain --data-path "$D/imagenet" --output-dir "$W/pt_ddp" "${TINY[@]}" --precision fp16
 check detect-amp "last_metric $W/det/metrics.json total_loss" -- \
-    $MAET detect train --data-root "$D/coco" --output-dir "$W/det" --init scratch --max-iter 20 --device cuda \
-    --seed 0 --no-record train.amp.enabled=True
+    $MAET detect train --data-path "$D/coco" --output-dir "$W/det" --init scratch --max-iters 20 --device cuda \
+    --seed 0 --no-record --cfg-options train.amp.enabled=True
 check segment-amp 'echo null' -- \
-    $MAET segment train --data-root "$D/ade20k" --work-dir "$W/seg" --init scratch --max-iters 20 \
+    $MAET segment train --data-path "$D/ade20k" --output-dir "$W/seg" --init scratch --max-iters 20 \
     --val-interval 20 --batch-size 4 --seed 0 --amp --no-record
 
 OFFICIAL=()

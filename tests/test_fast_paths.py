@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from mae_core.checkpoints import load_file
+from mae_core.ckpt_io import load_file
 from mae_core.train.fast import ADAMW_IMPLS, adamw_impl, build_adamw
 from mae_core.train.finetune import finetune
 from mae_core.train.pretrain import FINAL, LAST, pretrain
