@@ -18,10 +18,10 @@ The fine-tune table's scratch row trains a ViT from scratch on the downstream Im
 pretraining data is that same ImageNet (the published pipelines), the supervised stage already is
 that run, with the recipe the paper's scratch numbers come from (P Table 11, with its EMA):
 `finetune: {scratch_row: supervised}` then makes the supervised stage's record the scratch row,
-and no `finetune/scratch` stage is planned; the row has the supervised stage's one seed. Per-init
-recipe overrides in the task were the alternative: they would train the same model on the same
-data with the same recipe twice (300 ImageNet epochs of a ViT-B, 200 of a ViT-L), and two copies of
-one recipe can drift apart where one run cannot.
+and no `finetune/scratch` stage is planned; the row has the supervised stage's one seed (training
+the same model on the same data with the same recipe twice would cost 300 ImageNet epochs of a ViT-B
+again). Where the data differ (the demo), `by_init: {scratch: {blr: ..., ...}}` in a task gives an
+init its own recipe changes: a ViT from scratch does not train at a pretrained encoder's learning rate.
 """
 
 from __future__ import annotations
@@ -128,15 +128,17 @@ def plan(cfg: dict, roots: dict[str, Path], out: Path) -> list[Stage]:
         recipe = dict(cfg[task])
         recipe.pop("scratch_row", None)
         chosen = recipe.pop("inits", list(inits))  # a task may run a subset of the inits
-        if unknown := [i for i in chosen if i not in inits]:
-            raise PipelineError(f"{task}.inits: {unknown} are not among the config's inits {list(inits)}")
+        by_init = recipe.pop("by_init", None) or {}  # an init's own recipe changes, e.g. scratch's from-scratch lr
+        for key, names in (("inits", chosen), ("by_init", list(by_init))):
+            if unknown := [i for i in names if i not in inits]:
+                raise PipelineError(f"{task}.{key}: {unknown} are not among the config's inits {list(inits)}")
         for init, source in inits.items():
             if init not in chosen or (reuse and task == "finetune" and init == "scratch"):
                 continue
             for seed in cfg["seeds"]:
                 name = f"{task}/{init}/seed{seed}"
                 ckpt, inputs = _init_checkpoint(cfg, stages, init, source)
-                options = {**recipe, "seed": seed, "init": ckpt}
+                options = {**recipe, **by_init.get(init, {}), "seed": seed, "init": ckpt}
                 stages[name] = _stage(name, task, roots, options, record + ["--init-name", init], inputs)
     for stage in stages.values():  # keys after all stages exist: an input's key enters its users' keys
         inputs = {i: stages[i].key for i in stage.inputs}

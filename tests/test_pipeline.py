@@ -117,6 +117,18 @@ def test_a_task_may_run_a_subset_of_the_inits(tmp_path):
         planned(cfg, tmp_path / "out")
 
 
+def test_an_init_may_have_its_own_recipe_changes(tmp_path):
+    cfg = config(tmp_path, finetune=dict(COMMON, epochs=1, blr=5e-3, by_init={"scratch": {"blr": 1e-4}}))
+    argv = {s.name: s.argv for s in planned(cfg, tmp_path / "out") if s.task == "finetune"}
+    blr = {name: a[a.index("--blr") + 1] for name, a in argv.items()}
+    assert blr == {"finetune/mae/seed0": "0.005", "finetune/supervised/seed0": "0.005",
+                   "finetune/scratch/seed0": "0.0001"}
+    assert not any("--by-init" in a for a in argv.values())
+    cfg["finetune"]["by_init"] = {"moco": {"blr": 1e-4}}
+    with pytest.raises(PipelineError, match=r"finetune.by_init: \['moco'\] are not among"):
+        planned(cfg, tmp_path / "out")
+
+
 def test_selection_needs_the_inputs_of_what_it_selects(tmp_path):
     cfg = config(tmp_path)
     out = Path(cfg["output_dir"])
