@@ -7,6 +7,7 @@ the command modules stay independent of one another.
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from .cli_args import PathArg
@@ -43,6 +44,8 @@ def write_record(args, record: dict) -> dict:
     """Append `record` (with `--protocol`, if given) to `--results-dir` and say where it went."""
     if getattr(args, "protocol", None):
         record["protocol"] = args.protocol
+    if getattr(args, "output_dir", None):  # the run's folder: a pipeline's table keeps its own stages' records
+        record.setdefault("output_dir", os.path.abspath(args.output_dir))
     path = append_record(record, args.results_dir)
     print(f"run record {record['run_id']} -> {path}")
     return record

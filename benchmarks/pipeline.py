@@ -323,6 +323,18 @@ def last_line(path: Path, width: int = 110) -> str:
     return (lines[-1] if lines else "(no output yet)")[:width]
 
 
+def own_records(cfg: dict, stages: list[Stage]) -> list[dict]:
+    """Every record, except that the pipeline's own protocols keep only the runs of its stages' folders: a table
+    never mixes this run's seeds with records of another checkpoint or recipe (e.g. committed ones)."""
+    from .records import read_records
+    from .tables import protocol_of
+
+    folders = {os.path.abspath(s.folder) for s in stages}
+    mine = (cfg["name"], f"{cfg['name']}: supervised pretraining")
+    return [r for r in read_records(cfg.get("results_dir"))
+            if protocol_of(r) not in mine or r.get("output_dir") in folders]
+
+
 def run_pipeline(config: str | Path, only: list[str] = (), skip: list[str] = (), tables: bool = True,
                  dry_run: bool = False, jobs: int | None = None, seeds: list[int] | None = None,
                  status: bool = False) -> list[Stage]:
@@ -376,7 +388,7 @@ def run_pipeline(config: str | Path, only: list[str] = (), skip: list[str] = (),
     if tables:
         from .tables import write_tables
 
-        report = write_tables(cfg.get("results_dir"), out=tables_dir(cfg))
+        report = write_tables(cfg.get("results_dir"), out=tables_dir(cfg), records=own_records(cfg, stages))
         section = report.split(f"## {cfg['name']} (measured)")
         print(f"## {cfg['name']} (measured)" + section[1].split("\n## ")[0] if len(section) > 1 else report)
     return chosen

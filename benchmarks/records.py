@@ -6,7 +6,7 @@ and what it takes to trust them: `config`, `git_commit`, `versions`, `device`, `
 `checkpoint_sha256`, the sha256 of the checkpoint whose quality is measured (the `--init` of a
 fine-tune or linear probe, the evaluated file for `maet eval`; None for scratch). Task `knn` is the
 weighted k-NN that `maet linprobe --probe cached` runs on its features (`linprobe_run_id` links them). Extra fields
-(e.g. `output` with the produced checkpoint and its sha256) may follow.
+(e.g. `output` with the produced checkpoint and its sha256; `output_dir`, the run's folder, absolute) may follow.
 
 The folder is `--results-dir`, else `$MAET_RESULTS_DIR`, else `results/runs` under the working
 directory. A record is appended with one `write` on an O_APPEND descriptor, so records of runs that

@@ -149,11 +149,13 @@ def bar_charts(frame: pd.DataFrame, protocol: str, out: Path) -> list[Path]:
     return paths
 
 
-def write_tables(records_dir=None, published=DEFAULT_PUBLISHED, out=DEFAULT_OUT, plots: bool = True) -> str:
-    """Write every table as Markdown + CSV (and the bar charts) under `out`; return the Markdown report."""
+def write_tables(records_dir=None, published=DEFAULT_PUBLISHED, out=DEFAULT_OUT, plots: bool = True,
+                 records: list[dict] | None = None) -> str:
+    """Write every table as Markdown + CSV (and the bar charts) under `out`; return the Markdown report.
+    `records`: these instead of every record in `records_dir` (a pipeline's own runs)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    frame = measurements(read_records(records_dir))
+    frame = measurements(read_records(records_dir) if records is None else records)
     sections = []
     for protocol, group in frame.groupby("protocol", sort=True):
         table = measured_table(group)

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from benchmarks.pipeline import PipelineError, Stage, data_roots, load_config, plan, run_pipeline, select, start_order
-from benchmarks.records import read_records
+from benchmarks.records import append_record, make_record, read_records
 from mae_core.errors import DatasetLayoutError
 
 from .conftest import TINY_IMG, TINY_MODEL
@@ -179,12 +179,24 @@ def test_pipeline_runs_caches_and_reruns_only_what_changed(tmp_path):
     assert sorted((r["task"], r["init"]) for r in downstream) == sorted(
         (t, i) for t in ("finetune", "linprobe") for i in ("mae", "supervised", "scratch"))
     assert "| mae |" in first.stdout and "## tiny-test (measured)" in first.stdout
+    assert {r["output_dir"] for r in downstream} <= {str(p) for p in (tmp_path / "out").iterdir()}
+
+    # A record of the same protocol from another run (another checkpoint, a committed record...) is not mixed
+    # into the pipeline's table as a second seed; `maet table` over all records shows it.
+    foreign = make_record(task="finetune", dataset="imagenet", init="mae", arch=downstream[0]["arch"],
+                          metrics={"top1": 99.0}, config={}, seed=1)
+    append_record({**foreign, "protocol": "tiny-test"}, tmp_path / "runs")
+    records = read_records(tmp_path / "runs")
 
     # Nothing changed: every stage is skipped and no record is added.
     second = subprocess.run(maet("pipeline", "--config", str(path)), env=one_thread_env(), capture_output=True,
                             text=True, timeout=600)
     assert second.returncode == 0 and second.stdout.count("skipped") == 8
     assert len(read_records(tmp_path / "runs")) == len(records)
+    assert "99.00" not in second.stdout and "seeds [0]" in second.stdout
+    table = subprocess.run(maet("table", "--results-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "all"), "--no-plots"),
+                           capture_output=True, text=True, timeout=120)
+    assert table.returncode == 0 and "seeds [0, 1]" in table.stdout, table.stdout + table.stderr
 
     # A stage that did not finish (no stage.json) runs again, and only it.
     stage = next((tmp_path / "out").glob("finetune-scratch-seed0-*"))
