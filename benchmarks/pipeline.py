@@ -325,7 +325,7 @@ def last_line(path: Path, width: int = 110) -> str:
 
 def own_records(cfg: dict, stages: list[Stage]) -> list[dict]:
     """Every record, except that the pipeline's own protocols keep only the runs of its stages' folders: a table
-    never mixes this run's seeds with records of another checkpoint or recipe (e.g. committed ones)."""
+    never mixes this run's seeds with records of another checkpoint or recipe (an earlier run's)."""
     from .records import read_records
     from .tables import protocol_of
 
