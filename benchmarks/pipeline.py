@@ -42,6 +42,7 @@ from transfer.detection.config import CONFIG_DIR as DETECTION_CONFIGS
 from transfer.segmentation import CONFIG_DIR as SEGMENTATION_CONFIGS
 
 from . import slurm
+from .budgets import pretraining_table
 from .pipeline_config import (
     TASKS,
     PipelineError,
@@ -391,4 +392,8 @@ def run_pipeline(config: str | Path, only: list[str] = (), skip: list[str] = (),
         report = write_tables(cfg.get("results_dir"), out=tables_dir(cfg), records=own_records(cfg, stages))
         section = report.split(f"## {cfg['name']} (measured)")
         print(f"## {cfg['name']} (measured)" + section[1].split("\n## ")[0] if len(section) > 1 else report)
+        runs = [(s.name, s.folder, json.loads((s.folder / STAGE_DONE).read_text())["duration_s"])
+                for s in stages if s.task in ("pretrain", "supervised") and s.done]
+        if runs:  # the budget and result of each init's pretraining, beside the transfer table
+            print(pretraining_table(cfg["name"], runs, out=tables_dir(cfg)))
     return chosen

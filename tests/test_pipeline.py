@@ -180,6 +180,11 @@ def test_pipeline_runs_caches_and_reruns_only_what_changed(tmp_path):
         (t, i) for t in ("finetune", "linprobe") for i in ("mae", "supervised", "scratch"))
     assert "| mae |" in first.stdout and "## tiny-test (measured)" in first.stdout
     assert {r["output_dir"] for r in downstream} <= {str(p) for p in (tmp_path / "out").iterdir()}
+    # Each pretraining's budget beside its result: 48 images, batch 16 (MAE) and 8 (supervised), 6 classes.
+    budgets = (tmp_path / "tables" / "tiny-test__pretraining.md").read_text()
+    assert budgets in first.stdout
+    assert "| pretrain | 1 | 3 | 48 |" in budgets and "| supervised | 1 | 6 | 48 |" in budgets
+    assert "chance 16.7 %" in budgets and "loss " in budgets
 
     # A record of the same protocol from another run (another checkpoint, a committed record...) is not mixed
     # into the pipeline's table as a second seed; `maet table` over all records shows it.
@@ -194,8 +199,8 @@ def test_pipeline_runs_caches_and_reruns_only_what_changed(tmp_path):
     assert second.returncode == 0 and second.stdout.count("skipped") == 8
     assert len(read_records(tmp_path / "runs")) == len(records)
     assert "99.00" not in second.stdout and "seeds [0]" in second.stdout
-    table = subprocess.run(maet("table", "--results-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "all"), "--no-plots"),
-                           capture_output=True, text=True, timeout=120)
+    table = subprocess.run(maet("table", "--results-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "all"),
+                                "--no-plots"), capture_output=True, text=True, timeout=120)
     assert table.returncode == 0 and "seeds [0, 1]" in table.stdout, table.stdout + table.stderr
 
     # A stage that did not finish (no stage.json) runs again, and only it.
