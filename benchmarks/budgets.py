@@ -10,14 +10,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from mae_core.data.imagenet import IMG_EXTENSIONS
 from mae_core.train.metrics import MetricsLog
-
-IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png"}
 
 
 def train_images(data_path: str | Path) -> int:
-    """The number of training images in an ImageNet-layout root (`train/<class>/<image>`)."""
-    return sum(1 for f in (Path(data_path) / "train").glob("*/*") if f.suffix.lower() in IMAGE_SUFFIXES)
+    """The number of training images in an ImageNet-layout root (`train/<class>/<image>`), by the suffixes the
+    training dataset reads."""
+    return sum(1 for f in (Path(data_path) / "train").glob("*/*") if f.suffix.lower() in IMG_EXTENSIONS)
 
 
 def budget_row(name: str, folder: Path, seconds: float) -> dict:

@@ -331,7 +331,7 @@ def own_records(cfg: dict, stages: list[Stage]) -> list[dict]:
     from .tables import protocol_of
 
     folders = {os.path.abspath(s.folder) for s in stages}
-    mine = (cfg["name"], f"{cfg['name']}: supervised pretraining")
+    mine = {s.argv[s.argv.index("--protocol") + 1] for s in stages if "--protocol" in s.argv}
     return [r for r in read_records(cfg.get("results_dir"))
             if protocol_of(r) not in mine or r.get("output_dir") in folders]
 

@@ -186,7 +186,7 @@ def test_pipeline_runs_caches_and_reruns_only_what_changed(tmp_path):
     assert "| pretrain | 1 | 3 | 48 |" in budgets and "| supervised | 1 | 6 | 48 |" in budgets
     assert "chance 16.7 %" in budgets and "loss " in budgets
 
-    # A record of the same protocol from another run (another checkpoint, a committed record...) is not mixed
+    # A record of the same protocol from another run (another checkpoint or recipe, an earlier run) is not mixed
     # into the pipeline's table as a second seed; `maet table` over all records shows it.
     foreign = make_record(task="finetune", dataset="imagenet", init="mae", arch=downstream[0]["arch"],
                           metrics={"top1": 99.0}, config={}, seed=1)
