@@ -66,3 +66,13 @@ def tensorboard_scalars(folder) -> dict[str, list[float]]:
         for tag in acc.Tags()["scalars"]:
             scalars.setdefault(tag, []).extend(e.value for e in acc.Scalars(tag))
     return scalars
+
+
+def tensorboard_run(folder, tag: str) -> list[tuple[int, float]]:
+    """(step, value) of one scalar tag as TensorBoard shows the folder: one run, its event files read in order,
+    with the purges a resumed writer asked for applied."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(folder))
+    acc.Reload()
+    return [(e.step, e.value) for e in acc.Scalars(tag)]

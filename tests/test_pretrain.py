@@ -22,7 +22,7 @@ from mae_core.train.pretrain import FINAL, LAST, PretrainConfig, pretrain
 from mae_core.train.step import backward_and_update
 
 from .conftest import TINY_IMG, TINY_MODEL
-from .helpers import cli_args, free_port, maet, one_thread_env, tensorboard_scalars
+from .helpers import cli_args, free_port, maet, one_thread_env, tensorboard_run, tensorboard_scalars
 
 
 def tiny_config(data, out, **overrides) -> PretrainConfig:
@@ -165,6 +165,9 @@ def test_killed_run_resumes_bitwise_identical(tiny_imagenet, tmp_path):
     assert load_file(killed / LAST)["optimizer"]["state"].keys() == load_file(full / LAST)["optimizer"]["state"].keys()
     epochs_logged = [json.loads(x)["epoch"] for x in log.read_text().splitlines() if "epoch_loss" in x]
     assert epochs_logged == [0, 1, 2, 3]  # the partial epoch's lines were dropped on resume
+    # TensorBoard draws the killed run's steps of epoch 2 once: the resumed writer purged them
+    assert len(list(killed.glob("events.out.tfevents.*"))) == 2
+    assert tensorboard_run(killed, "train/loss") == tensorboard_run(full, "train/loss")
 
 
 @pytest.mark.slow

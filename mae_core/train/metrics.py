@@ -17,7 +17,7 @@ from pathlib import Path
 class MetricsLog:
     def __init__(self, path: str | Path, enabled: bool = True, tensorboard: bool = True):
         self.path, self.enabled, self.tensorboard = Path(path), enabled, tensorboard
-        self._writer = None
+        self._writer, self._purge_step = None, None
 
     @property
     def writer(self):
@@ -25,16 +25,19 @@ class MetricsLog:
         if self._writer is None and self.enabled and self.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(log_dir=str(self.path.parent))
+            self._writer = SummaryWriter(log_dir=str(self.path.parent), purge_step=self._purge_step)
             weakref.finalize(self, self._writer.close)
         return self._writer
 
     def truncate_from_epoch(self, epoch: int) -> None:
-        """On resume, drop entries of epochs that will be re-run, so the log reads as one clean run."""
+        """On resume, drop entries of epochs that will be re-run, so the log reads as one clean run; TensorBoard
+        hides the killed run's steps of those epochs (`purge_step`), or its plots would draw them twice."""
         if not (self.enabled and self.path.exists()):
             return
-        kept = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("epoch", -1) < epoch]
+        lines = [(line, json.loads(line)) for line in self.path.read_text().splitlines() if line.strip()]
+        kept = [line for line, r in lines if r.get("epoch", -1) < epoch]
+        dropped_steps = [r["step"] for _, r in lines if r.get("epoch", -1) >= epoch and "step" in r]
+        self._purge_step = min(dropped_steps, default=None)
         self.path.write_text("".join(line + "\n" for line in kept))
 
     def write(self, **record) -> None:
