@@ -22,11 +22,37 @@ class PipelineError(MAETransferError):
     """A pipeline config or stage that cannot run as asked."""
 
 
-def load_config(path: str | Path) -> dict:
-    path = Path(path)
+def merged(base: dict, change: dict) -> dict:
+    """`base` with `change` applied: nested mappings merge key by key, a `null` removes the key, the rest replaces."""
+    out = dict(base)
+    for key, value in change.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """The YAML, on top of its `_base_` (a path relative to it, as in mmengine configs) if it names one: a
+    variant of a pipeline (another pretraining seed) states only what differs."""
     if not path.is_file():
         raise PipelineError(f"pipeline config {path} does not exist; the shipped ones are in pipelines/")
     cfg = yaml.safe_load(path.read_text()) or {}
+    base = cfg.pop("_base_", None)
+    if base is None:
+        return cfg
+    base_path = (path.parent / str(base)).resolve()
+    if base_path in seen:
+        raise PipelineError(f"{path}: _base_ {base} leads back to itself")
+    return merged(read_yaml(base_path, (*seen, path.resolve())), cfg)
+
+
+def load_config(path: str | Path) -> dict:
+    path = Path(path)
+    cfg = read_yaml(path)
     unknown = set(cfg) - {"name", "description", "output_dir", "results_dir", "tables_dir", "seeds", "launcher",
                           "slurm", "jobs", "data", "pretrain", "supervised", "inits", *TASKS}
     if unknown:

@@ -71,29 +71,44 @@ def compare(baseline: dict, current: dict[str, float]) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("metric")
 
 
-def make_baseline(config: dict, values: dict[str, dict[int, float]], machine: str = "") -> dict:
-    """Mean, spread and tolerance of each metric from its per-seed values (two seeds at least)."""
+def make_baseline(config: dict, values: dict[str, dict[int, float]], machine: str = "",
+                  others: dict[str, dict[str, dict[int, float]]] | None = None) -> dict:
+    """Mean, spread and tolerance of each metric from its per-seed values (two seeds at least).
+
+    `others`: per pipeline that repeats this one with another pretraining (seed), its per-seed values. They join
+    the pool of the metrics they have, so those tolerances hold the pretraining's spread as well as the
+    downstream seeds': another CPU or kernel changes pretraining at float level, which moves the pretrained
+    rows as much as another seed does (README)."""
     few = [k for k, v in values.items() if len(v) < 2]
     if few:
         raise RegressionError(f"a baseline needs at least two seeds per metric to measure its spread; "
                               f"{', '.join(few)} has one. Run the pipeline with --seeds 0,1,2 first.")
     metrics = {}
     for k, by_seed in values.items():
-        v = list(by_seed.values())
+        extra = {name: o[k] for name, o in (others or {}).items() if k in o}
+        v = list(by_seed.values()) + [x for o in extra.values() for x in o.values()]
         metrics[k] = {"value": round(statistics.fmean(v), 3), "std": round(statistics.stdev(v), 3),
                       "seeds": {str(s): x for s, x in sorted(by_seed.items())}, "tolerance": tolerance(v)}
-    return {"pipeline": config["name"], "rule": f"tolerance = max({STD_FACTOR:g} x std over seeds, {FLOOR:g})",
+        if extra:
+            metrics[k]["other_pretrainings"] = {name: {str(s): x for s, x in sorted(o.items())}
+                                                for name, o in extra.items()}
+    spread = "seeds and other pretrainings" if others else "seeds"
+    return {"pipeline": config["name"], "rule": f"tolerance = max({STD_FACTOR:g} x std over {spread}, {FLOOR:g})",
             "machine": machine, "metrics": metrics}
 
 
 def run_regression(config_path: str | Path, baseline_path: str | Path, update: bool = False,
                    work_dir: str | Path | None = None, records: str | Path | None = None,
-                   seeds: list[int] | None = None) -> pd.DataFrame:
+                   seeds: list[int] | None = None, other_pretrainings: list[str] = ()) -> pd.DataFrame:
     """Run the pipeline into a fresh folder (nothing cached from earlier runs) and compare, or `update`.
 
     `records`: compare the pipeline's records in that folder (a run that already happened, e.g. the demo's)
-    instead of running it again.
+    instead of running it again. `other_pretrainings` (with `update` and `records`): names of pipelines in
+    that folder that repeat this one with another pretraining; see `make_baseline`.
     """
+    if other_pretrainings and not (update and records is not None):
+        raise RegressionError("--other-pretrainings widens the tolerances of a new baseline: it needs --update "
+                              "and --records (the folder that holds those pipelines' records)")
     cfg = load_config(config_path)
     if seeds:
         cfg["seeds"] = list(seeds)
@@ -112,7 +127,12 @@ def run_regression(config_path: str | Path, baseline_path: str | Path, update: b
     current = seed_means(values)
     baseline_path = Path(baseline_path)
     if update:
-        baseline = make_baseline(cfg, values, machine=machine_summary())
+        others = {name: per_seed(read_records(records), name) for name in other_pretrainings}
+        empty = [name for name, o in others.items() if not o]
+        if empty:
+            raise RegressionError(f"{records} holds no records of pipeline(s) {', '.join(empty)}; run "
+                                  f"pipelines/<name>.yaml first (e.g. pipelines/synthetic_pseed1.yaml)")
+        baseline = make_baseline(cfg, values, machine=machine_summary(), others=others)
         baseline_path.parent.mkdir(parents=True, exist_ok=True)
         baseline_path.write_text(json.dumps(baseline, indent=2) + "\n")
         print(f"baseline written: {baseline_path}")

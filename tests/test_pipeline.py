@@ -167,6 +167,26 @@ def test_unknown_config_keys_are_refused(tmp_path):
         load_config(write(tmp_path, config(tmp_path, finetuning={})))
 
 
+def test_a_variant_states_only_what_differs_from_its_base(tmp_path):
+    base = config(tmp_path)
+    base["finetune"] = {**base.get("finetune", {}), "by_init": {"scratch": {"blr": 1e-4}}}
+    write(tmp_path, base, "config.yaml")
+    (tmp_path / "variant.yaml").write_text(yaml.safe_dump({
+        "_base_": "config.yaml", "name": "variant", "inits": ["mae"], "pretrain": {"seed": 1},
+        "finetune": {"by_init": None}}))
+    cfg = load_config(tmp_path / "variant.yaml")
+    assert cfg["name"] == "variant" and cfg["inits"] == ["mae"]
+    assert cfg["pretrain"] == {**base["pretrain"], "seed": 1}  # merged key by key
+    assert "by_init" not in cfg["finetune"] and cfg["finetune"]["epochs"] == base["finetune"]["epochs"]
+    assert cfg["data"] == base["data"]
+    (tmp_path / "loop.yaml").write_text("_base_: loop.yaml\nname: loop\n")
+    with pytest.raises(PipelineError, match="leads back to itself"):
+        load_config(tmp_path / "loop.yaml")
+    (tmp_path / "orphan.yaml").write_text("_base_: absent.yaml\nname: orphan\n")
+    with pytest.raises(PipelineError, match="absent.yaml does not exist"):
+        load_config(tmp_path / "orphan.yaml")
+
+
 @pytest.mark.slow
 def test_pipeline_runs_caches_and_reruns_only_what_changed(tmp_path):
     path = write(tmp_path, config(tmp_path))
@@ -251,7 +271,8 @@ def test_transfer_stages_use_the_one_flag_vocabulary(tmp_path):
     assert launch_command(det, cfg["launcher"])[1:] == ["-m", "benchmarks.cli"]
 
 
-@pytest.mark.parametrize("name", ["synthetic", "published_vit_b", "published_vit_l"])
+@pytest.mark.parametrize("name", ["synthetic", "synthetic_pseed1", "synthetic_sseed1", "published_vit_b",
+                                  "published_vit_l"])
 def test_every_planned_command_parses(name, tmp_path, monkeypatch):
     from benchmarks.cli import build_parser
     from benchmarks.cli_args import PathArg
@@ -267,7 +288,7 @@ def test_every_planned_command_parses(name, tmp_path, monkeypatch):
         args = build_parser().parse_args(resolve(stage, stages))  # argparse exits on an unknown flag
         assert args.func is not None, stage.name
         if stage.task == "linprobe":  # the demo probes cached features (+ k-NN); the published protocols, LARS
-            assert args.probe == ("cached" if name == "synthetic" else "official"), stage.name
+            assert args.probe == ("cached" if name.startswith("synthetic") else "official"), stage.name
 
 
 def parsed(stage, stages, monkeypatch):

@@ -75,3 +75,34 @@ def test_records_of_a_finished_run_write_and_then_pass_the_baseline(tmp_path):
     append_record(rec("finetune", "mae", {"top1": 15.0}, seed=1), runs)  # the latest record of a seed counts
     with pytest.raises(RegressionError, match="1 metric.*finetune/mae/top1"):
         run_regression(pipeline, baseline, records=runs)
+
+
+def test_other_pretrainings_join_the_spread_of_the_metrics_they_have(tmp_path):
+    import statistics
+
+    from benchmarks.records import append_record
+    from benchmarks.regression import run_regression
+
+    main, other = [29.0, 30.0, 30.0], 36.0  # a second MAE pretraining moves the probe beyond 3 x 0.58
+    baseline = make_baseline({"name": "synthetic"},
+                             {"linprobe/mae/top1": dict(enumerate(main)), "linprobe/scratch/top1": {0: 20.0, 1: 21.0}},
+                             others={"synthetic_pseed1": {"linprobe/mae/top1": {0: other}}})
+    m = baseline["metrics"]
+    assert m["linprobe/mae/top1"]["value"] == pytest.approx(statistics.fmean(main + [other]), abs=1e-3)
+    assert m["linprobe/mae/top1"]["tolerance"] == pytest.approx(3 * statistics.stdev(main + [other]), abs=1e-3)
+    assert m["linprobe/mae/top1"]["other_pretrainings"] == {"synthetic_pseed1": {"0": 36.0}}
+    assert m["linprobe/scratch/top1"]["tolerance"] == pytest.approx(3 * statistics.stdev([20.0, 21.0]), abs=1e-3)
+    assert "other_pretrainings" not in m["linprobe/scratch/top1"] and "other pretrainings" in baseline["rule"]
+    assert compare(baseline, {"linprobe/mae/top1": other}).loc["linprobe/mae/top1", "moved"] == ""  # seed 1 passes
+
+    pipeline = Path(__file__).resolve().parents[1] / "pipelines" / "synthetic.yaml"
+    runs, path = tmp_path / "runs", tmp_path / "baseline.json"
+    for seed, value in enumerate(main):
+        append_record(rec("linprobe", "mae", {"top1": value}, seed=seed), runs)
+    with pytest.raises(RegressionError, match="needs --update and --records"):
+        run_regression(pipeline, path, other_pretrainings=["synthetic_pseed1"])
+    with pytest.raises(RegressionError, match="no records of pipeline.*synthetic_pseed1"):
+        run_regression(pipeline, path, update=True, records=runs, other_pretrainings=["synthetic_pseed1"])
+    append_record(rec("linprobe", "mae", {"top1": other}, protocol="synthetic_pseed1"), runs)
+    run_regression(pipeline, path, update=True, records=runs, other_pretrainings=["synthetic_pseed1"])
+    assert json.loads(path.read_text())["metrics"]["linprobe/mae/top1"] == m["linprobe/mae/top1"]
