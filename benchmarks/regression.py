@@ -114,8 +114,11 @@ def run_regression(config_path: str | Path, baseline_path: str | Path, update: b
         cfg["seeds"] = list(seeds)
     if records is not None:
         values = per_seed(read_records(records), cfg["name"])
+        if seeds:  # the seeds asked for, not every seed the folder holds
+            values = {k: kept for k, v in values.items() if (kept := {s: x for s, x in v.items() if s in seeds})}
         if not values:
-            raise RegressionError(f"{records} holds no records of pipeline '{cfg['name']}'; run it first")
+            raise RegressionError(f"{records} holds no records of pipeline '{cfg['name']}'"
+                                  f"{f' for seeds {seeds}' if seeds else ''}; run it first")
     else:
         with tempfile.TemporaryDirectory(prefix="maet-regression-") as tmp:
             work = Path(work_dir or tmp)

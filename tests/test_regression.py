@@ -75,6 +75,9 @@ def test_records_of_a_finished_run_write_and_then_pass_the_baseline(tmp_path):
     append_record(rec("finetune", "mae", {"top1": 15.0}, seed=1), runs)  # the latest record of a seed counts
     with pytest.raises(RegressionError, match="1 metric.*finetune/mae/top1"):
         run_regression(pipeline, baseline, records=runs)
+    run_regression(pipeline, baseline, records=runs, seeds=[0])  # seed 0 alone: 25.0, within 3 x 1.41 of 26.0
+    with pytest.raises(RegressionError, match="no records of pipeline 'synthetic' for seeds \\[7\\]"):
+        run_regression(pipeline, baseline, records=runs, seeds=[7])
 
 
 def test_other_pretrainings_join_the_spread_of_the_metrics_they_have(tmp_path):
