@@ -41,6 +41,9 @@ def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     if not path.is_file():
         raise PipelineError(f"pipeline config {path} does not exist; the shipped ones are in pipelines/")
     cfg = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(cfg, dict):
+        raise PipelineError(f"{path}: a pipeline config is a mapping of keys (name, data, inits, ...), "
+                            f"not a {type(cfg).__name__}")
     base = cfg.pop("_base_", None)
     if base is None:
         return cfg

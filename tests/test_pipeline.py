@@ -185,6 +185,9 @@ def test_a_variant_states_only_what_differs_from_its_base(tmp_path):
     (tmp_path / "orphan.yaml").write_text("_base_: absent.yaml\nname: orphan\n")
     with pytest.raises(PipelineError, match="absent.yaml does not exist"):
         load_config(tmp_path / "orphan.yaml")
+    (tmp_path / "list.yaml").write_text("- name\n")
+    with pytest.raises(PipelineError, match="a mapping of keys.*not a list"):
+        load_config(tmp_path / "list.yaml")
 
 
 @pytest.mark.slow
