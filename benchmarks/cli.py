@@ -9,7 +9,7 @@ from pathlib import Path
 
 from mae_core.errors import MAETransferError
 
-from .cli_args import Number, Parser, PathArg, add_dataclass_args, dataclass_from_args, seed_list
+from .cli_args import Number, Parser, PathArg, add_dataclass_args, dataclass_from_args, name_list, seed_list
 
 
 def _cmd_pretrain(args) -> None:
@@ -119,7 +119,7 @@ def _cmd_regression(args) -> None:
     from .regression import run_regression
 
     run_regression(args.config, args.baseline, update=args.update, work_dir=args.work_dir, records=args.records,
-                   seeds=args.seeds, other_pretrainings=[n for n in (args.other_pretrainings or "").split(",") if n])
+                   seeds=args.seeds, other_pretrainings=args.other_pretrainings or [])
 
 
 def _cmd_table(args) -> None:
@@ -223,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--records", default=None, type=PathArg("dir"),
                    help="compare the pipeline's records in this folder (e.g. the demo's results/runs) instead of "
                         "running it again")
-    p.add_argument("--other-pretrainings", default=None, metavar="NAMES",
+    p.add_argument("--other-pretrainings", default=None, type=name_list, metavar="NAMES",
                    help="with --update and --records: comma-separated pipelines (their names) that repeat this one "
                         "with another pretraining seed; their metrics join the spread, so the tolerances of the "
                         "pretrained rows hold a pretraining's float-level change, not only downstream seeds")

@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import tempfile
 import types
 import typing
@@ -135,6 +136,19 @@ def seed_list(text: str) -> list[int]:
 
 
 seed_list.__name__ = "seed list"
+
+
+def name_list(text: str) -> list[str]:
+    """Comma-separated names (of pipelines: letters, digits, '_', '-', '.'), e.g. synthetic_pseed1,synthetic_sseed1."""
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    bad = [n for n in names if not re.fullmatch(r"[A-Za-z0-9_.-]+", n)]
+    if not names or bad or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"expected distinct comma-separated names like synthetic_pseed1,"
+                                         f"synthetic_sseed1; got {text!r}")
+    return names
+
+
+name_list.__name__ = "name list"
 
 
 def json_object(text: str) -> dict:

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from benchmarks.cli import build_parser, main
-from benchmarks.cli_args import Number, PathArg, ProtocolArg, json_object, seed_list
+from benchmarks.cli_args import Number, PathArg, ProtocolArg, json_object, name_list, seed_list
 from mae_core.train.pretrain import PretrainConfig
 
 from .conftest import TINY_IMG, TINY_MODEL
@@ -94,6 +94,8 @@ def _bad_value(action, p: dict) -> str | None:
         return "{not json"
     if t is seed_list:
         return "0,-1"
+    if t is name_list:
+        return "synthetic_pseed1,synthetic_pseed1"
     return None
 
 
