@@ -112,8 +112,9 @@ def run_regression(config_path: str | Path, baseline_path: str | Path, update: b
     cfg = load_config(config_path)
     if seeds:
         cfg["seeds"] = list(seeds)
+    held = read_records(records) if records is not None else []  # read once: this pipeline's and the others'
     if records is not None:
-        values = per_seed(read_records(records), cfg["name"])
+        values = per_seed(held, cfg["name"])
         if seeds:  # the seeds asked for, not every seed the folder holds
             values = {k: kept for k, v in values.items() if (kept := {s: x for s, x in v.items() if s in seeds})}
         if not values:
@@ -130,7 +131,7 @@ def run_regression(config_path: str | Path, baseline_path: str | Path, update: b
     current = seed_means(values)
     baseline_path = Path(baseline_path)
     if update:
-        others = {name: per_seed(read_records(records), name) for name in other_pretrainings}
+        others = {name: per_seed(held, name) for name in other_pretrainings}
         empty = [name for name, o in others.items() if not o]
         if empty:
             raise RegressionError(f"{records} holds no records of pipeline(s) {', '.join(empty)}; run "
