@@ -4,6 +4,7 @@
 #
 #   bash scripts/gpu_check.sh                       # uses .venv/bin/python, a fresh folder under /tmp
 #   PYTHON=python GPU_CHECK_DIR=/scratch/gc OFFICIAL_MAE=/path/to/mae bash scripts/gpu_check.sh
+#   GPU_CHECK_KEEP_GOING=1 bash scripts/gpu_check.sh  # a rare, short GPU lease: run every check, exit 1 at the end
 #
 # Checks: pretrain fp16 + GradScaler; pretrain bf16 + --compile (fused AdamW); finetune fp16 AMP;
 # torchrun + NCCL (2 processes if 2 GPUs, else 1); `maet detect train` tiny with detectron2 AMP;
@@ -20,6 +21,7 @@ D=$W/data
 ROWS=$W/checks.tsv
 mkdir -p "$W"
 : > "$ROWS"
+FAILED=()
 
 summary() {  # the JSON summary from the rows written so far (called on success and on the first failure)
     "$PY" - "$ROWS" "$SUMMARY" <<'EOF'
@@ -39,8 +41,10 @@ check() {  # check NAME FIGURE_CMD -- COMMAND...: run COMMAND; on success FIGURE
     if ! "$@"; then
         end=$(date +%s.%N)
         printf '%s\t0\t%s\t\n' "$name" "$(awk "BEGIN { print $end - $start }")" >> "$ROWS"
-        summary
         echo "gpu_check: FAILED at '$name' (command: $*)" >&2
+        FAILED+=("$name")
+        if [[ "${GPU_CHECK_KEEP_GOING:-0}" == 1 ]]; then return 0; fi
+        summary
         exit 1
     fi
     end=$(date +%s.%N)
@@ -99,3 +103,4 @@ check perf-asymmetry "json_field $W/asym.json '[(x[\"decoder_depth\"], x[\"speed
     "$PY" -m benchmarks.perf.asymmetry --batch 32 --steps 5 --warmup 2 --device cuda --json "$W/asym.json"
 
 summary
+if (( ${#FAILED[@]} )); then echo "gpu_check: FAILED: ${FAILED[*]}" >&2; exit 1; fi

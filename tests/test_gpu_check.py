@@ -3,9 +3,12 @@ maet / benchmark invocation in it parses with the real parsers (commands, flags,
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -37,10 +40,36 @@ def invocations(text: str, root: Path) -> list[tuple[str, list[str]]]:
     return found
 
 
-def test_script_is_valid_bash_and_stops_at_the_first_failure():
+def _run_with_every_check_failing(tmp_path, keep_going: bool) -> tuple[int, dict]:
+    """The script with a `python` that reports one GPU and fails every check (the summary uses the real one)."""
+    fake = tmp_path / "python"
+    fake.write_text(f"""#!/usr/bin/env bash
+case "$*" in
+  *cuda.device_count*) echo 1 ;;
+  -\\ *) exec {sys.executable} "$@" ;;
+  *) exit 3 ;;
+esac
+""")
+    fake.chmod(0o755)
+    env = dict(os.environ, PYTHON=str(fake), GPU_CHECK_DIR=str(tmp_path / "w"),
+               GPU_CHECK_KEEP_GOING=str(int(keep_going)))
+    rc = subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True).returncode
+    return rc, json.loads((tmp_path / "w" / "gpu_check.json").read_text())
+
+
+def test_script_is_valid_bash_and_stops_at_the_first_failure(tmp_path):
     subprocess.run(["bash", "-n", str(SCRIPT)], check=True)
-    text = SCRIPT.read_text()
-    assert "set -euo pipefail" in text and "exit 1" in text
+    rc, summary = _run_with_every_check_failing(tmp_path, keep_going=False)
+    assert rc == 1 and not summary["ok"]
+    assert [c["name"] for c in summary["checks"]] == ["make-data"]
+
+
+def test_keep_going_runs_every_check_and_still_fails(tmp_path):
+    rc, summary = _run_with_every_check_failing(tmp_path, keep_going=True)
+    assert rc == 1 and not summary["ok"]
+    names = [c["name"] for c in summary["checks"]]
+    assert len(names) == 10 and names[0] == "make-data" and names[-1] == "perf-asymmetry"
+    assert not any(c["ok"] for c in summary["checks"])
 
 
 def test_every_invocation_parses_with_the_real_parsers(tmp_path):
