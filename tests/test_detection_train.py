@@ -4,6 +4,7 @@ processes through detectron2's `launch`. A tiny ViT (width 64, depth 2) on 64-px
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import signal
 import subprocess
@@ -135,15 +136,41 @@ def test_killed_run_resumes_exactly(setup, uninterrupted):
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]
 
 
-def test_two_gloo_processes(setup):
+@pytest.fixture(scope="module")
+def ddp_uninterrupted(setup):
     out = setup[0] / "run_ddp"
     before = len(_records(setup))
     _train(setup, out, "--num-processes", "2", "--device", "cpu")
+    return out, _records(setup)[before:]
+
+
+def test_two_gloo_processes(ddp_uninterrupted):
+    out, new = ddp_uninterrupted
     assert (out / "model_final.pth").is_file()
-    new = _records(setup)[before:]
     assert len(new) == 1 and new[0]["world_size"] == 2  # only rank 0 writes
     log = (out / "log.txt").read_text()
     assert "World size: 2" in log
+
+
+def test_killed_two_process_run_resumes_exactly(setup, ddp_uninterrupted):
+    """The launcher and both workers SIGKILLed together (as a scheduler ends a job) at the first checkpoint:
+    the resumed run restores each rank's generators, not only rank 0's, and ends with the same weights."""
+    out = setup[0] / "run_ddp_b"
+    cmd = _train_command(setup, out, "--no-record", "--num-processes", "2", "--device", "cpu")
+    proc = subprocess.Popen(cmd, env=one_thread_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not (out / "last_checkpoint").is_file():
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (out / "model_final.pth").exists()
+    proc = _train(setup, out, "--no-record", "--num-processes", "2", "--device", "cpu")
+    assert "resuming from" in proc.stdout + proc.stderr
+    a = torch.load(ddp_uninterrupted[0] / "model_final.pth", weights_only=True)["model"]
+    b = torch.load(out / "model_final.pth", weights_only=True)["model"]
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]
 
 
 def test_p14_init_is_converted_on_the_way_in_and_trains(setup, tmp_path):

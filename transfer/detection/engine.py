@@ -177,7 +177,7 @@ def do_train(job: DetectionJob, cfg, enc) -> list[dict]:
     trainer.register_hooks([
         hooks.IterationTimer(),
         hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
-        ResumeState(sampler, images_per_rank),
+        ResumeState(sampler, images_per_rank, cfg.train.checkpointer.period),
         hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
         hooks.EvalHook(cfg.train.eval_period, evaluate),
         hooks.PeriodicWriter([CommonMetricPrinter(cfg.train.max_iter),

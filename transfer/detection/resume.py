@@ -9,9 +9,11 @@ by `TrainerBase.state_dict`); on resume it puts the generators back and fast-for
 the images the finished iterations used. Every value is a tensor or a plain number, so the file
 loads with `torch.load(weights_only=True)`.
 
-Exact (bit-identical weights, tested) with `num_workers=0` and `aspect_ratio_grouping=False`, as in
-the tiny protocol, in one process. Only rank 0 writes checkpoints, so under DDP the other ranks'
-generators restart from their seeds; with worker processes the augmentation draws happen in the workers, and with
+Only rank 0 writes checkpoints, so under DDP every rank's generators are gathered to it at each
+iteration that the `PeriodicCheckpointer` (the next hook) saves, and each rank takes its own back; a run
+resumed on another number of processes keeps its seeds (a warning says so). Exact (bit-identical
+weights, tested in one process and in two) with `num_workers=0` and `aspect_ratio_grouping=False`, as in
+the tiny protocol. With worker processes the augmentation draws happen in the workers, and with
 aspect-ratio grouping images wait in buckets, so there the run resumes at the right position in the
 data stream but not bit-identically.
 """
@@ -19,6 +21,7 @@ data stream but not bit-identically.
 from __future__ import annotations
 
 import itertools
+import logging
 import random
 
 import numpy as np
@@ -26,6 +29,8 @@ import torch
 from detectron2.data.samplers import TrainingSampler
 from detectron2.engine import HookBase
 from detectron2.utils import comm
+
+logger = logging.getLogger(__name__)
 
 
 class ResumableTrainingSampler(TrainingSampler):
@@ -56,12 +61,21 @@ def set_rng_state(state: dict) -> None:
 class ResumeState(HookBase):
     """Saves and restores the RNG states and the sampler position; see the module docstring."""
 
-    def __init__(self, sampler: ResumableTrainingSampler, images_per_rank: int):
-        self.sampler, self.images_per_rank = sampler, images_per_rank
+    def __init__(self, sampler: ResumableTrainingSampler, images_per_rank: int, period: int):
+        self.sampler, self.images_per_rank, self.period = sampler, images_per_rank, period
         self._loaded: dict | None = None
+        self._gathered: tuple[int, list[dict]] | None = None  # (iteration, every rank's generators)
+
+    def after_step(self):
+        it = self.trainer.iter  # the PeriodicCheckpointer's condition to save; it runs right after this hook
+        if comm.get_world_size() > 1 and ((it + 1) % self.period == 0 or it >= self.trainer.max_iter - 1):
+            self._gathered = (it, comm.all_gather(rng_state()))
 
     def state_dict(self) -> dict:
-        return {"rng": rng_state(), "sampler_seed": int(self.sampler._seed)}
+        state = {"rng": rng_state(), "sampler_seed": int(self.sampler._seed)}
+        if self._gathered is not None and self._gathered[0] == self.trainer.iter:
+            state["rng_per_rank"] = self._gathered[1]
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self._loaded = state
@@ -74,5 +88,13 @@ class ResumeState(HookBase):
         # Create the loader iterator here in every run (fresh or resumed), so that its creation never sits
         # between a restored RNG state and the next training step.
         self.trainer._data_loader_iter  # noqa: B018  (a lazily created property)
-        if self._loaded is not None and comm.get_world_size() == 1:
-            set_rng_state(self._loaded["rng"])  # only rank 0 writes checkpoints: other ranks keep their seeds
+        if self._loaded is None:
+            return
+        world, per_rank = comm.get_world_size(), self._loaded.get("rng_per_rank")
+        if world == 1:
+            set_rng_state(self._loaded["rng"])
+        elif per_rank is not None and len(per_rank) == world:
+            set_rng_state(per_rank[comm.get_rank()])
+        elif comm.is_main_process():
+            logger.warning(f"the checkpoint holds the generators of {len(per_rank or [0])} process(es), this run has "
+                           f"{world}: they restart from their seeds, so the resumed run is not bit-identical")
