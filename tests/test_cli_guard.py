@@ -16,6 +16,7 @@ import torch
 
 from benchmarks.cli import build_parser, main
 from benchmarks.cli_args import Number, PathArg, ProtocolArg, json_object, name_list, seed_list
+from benchmarks.perf import asymmetry, eval_throughput, pretrain_step
 from mae_core.train.pretrain import PretrainConfig
 
 from .conftest import TINY_IMG, TINY_MODEL
@@ -112,7 +113,10 @@ def test_every_option_declares_what_it_accepts(paths):
 
 
 def test_every_option_has_a_sentence_of_help():
-    silent = [f"maet {' '.join(c)} {a.option_strings or a.dest}" for c, parser in _commands(build_parser())
+    benchmarks = [((f"python -m benchmarks.perf.{m.__name__.rsplit('.', 1)[1]}",), m.parser())
+                  for m in (asymmetry, eval_throughput, pretrain_step)]
+    silent = [f"maet {' '.join(c)} {a.option_strings or a.dest}"
+              for c, parser in [*_commands(build_parser()), *benchmarks]
               for a in parser._actions if not isinstance(a, argparse._HelpAction) and a.help != argparse.SUPPRESS
               and not (a.help or "").split("(default")[0].strip()]
     assert not silent, f"options without help: {silent}"

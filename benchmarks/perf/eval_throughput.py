@@ -126,19 +126,25 @@ def benchmark(checkpoint: str, data_path: str, split: str = "val", batch: int = 
     }
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--checkpoint")
-    p.add_argument("--data-path")
-    p.add_argument("--split", default="val")
+    p.add_argument("--checkpoint", help="the fine-tuned classifier file both cases evaluate")
+    p.add_argument("--data-path", help="an ImageFolder root (holding --split)")
+    p.add_argument("--split", default="val", help="the folder under --data-path to evaluate")
     p.add_argument("--tiny", action="store_true", help="generate a tiny folder and checkpoint (smoke test)")
-    p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--workers", type=int, default=4)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--precision", default="fp32", choices=["auto", "fp32", "fp16", "bf16"])
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--batch", type=int, default=128, help="images per batch, both cases")
+    p.add_argument("--workers", type=int, default=4, help="data-loader worker processes, both cases")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when there is one)")
+    p.add_argument("--precision", default="fp32", choices=["auto", "fp32", "fp16", "bf16"],
+                   help="autocast precision of both cases")
+    p.add_argument("--repeats", type=int, default=3, help="timed rounds, the two cases alternating")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--json", default=None, help="also write the report here")
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = parser()
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -326,18 +326,21 @@ def print_table(report: dict) -> None:
 def parser() -> argparse.ArgumentParser:
     """The command line (scripts/gpu_check.sh's invocations are parsed against it in the tests)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", choices=sorted(CONFIGS), default="vit_base")
-    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--config", choices=sorted(CONFIGS), default="vit_base",
+                   help="vit_base: ViT-B/16 MAE as the paper; tiny: a smoke test in seconds")
+    p.add_argument("--batch", type=int, default=8, help="images per step")
     p.add_argument("--img-size", type=int, default=None, help="default: the config's (224 vit_base, 32 tiny)")
     p.add_argument("--steps", type=int, default=10, help="timed steps per case and round")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first; the first loss is checked")
-    p.add_argument("--precision", nargs="+", choices=PRECISIONS, default=list(PRECISIONS))
+    p.add_argument("--precision", nargs="+", choices=PRECISIONS, default=list(PRECISIONS),
+                   help="the precisions to time, each a line of ratios (bf16: autocast)")
     p.add_argument("--repeats", type=int, default=2, help="rounds over all cases, order alternating")
-    p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
+                   help="torch intra-op threads of each timed process (default: the cores this process may use)")
     p.add_argument("--device", choices=("cpu", "cuda"),
                    default="cuda" if torch.cuda.is_available() else "cpu",
                    help="default: cuda if available")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the weights, images and masking noise, equal for all")
     p.add_argument("--json", metavar="OUT", help="also write the report here")
     p.add_argument("--official", metavar="PATH", help="also time the official models_mae.py from this checkout")
     p.add_argument("--ours-compile", action="store_true", help="run our step through torch.compile")
