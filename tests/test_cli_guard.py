@@ -113,10 +113,10 @@ def test_every_option_declares_what_it_accepts(paths):
 
 
 def test_every_option_has_a_sentence_of_help():
-    benchmarks = [((f"python -m benchmarks.perf.{m.__name__.rsplit('.', 1)[1]}",), m.parser())
-                  for m in (asymmetry, eval_throughput, pretrain_step)]
-    silent = [f"maet {' '.join(c)} {a.option_strings or a.dest}"
-              for c, parser in [*_commands(build_parser()), *benchmarks]
+    commands = [(("maet", *c), parser) for c, parser in _commands(build_parser())]
+    commands += [(("python -m", m.__name__), m.parser()) for m in (asymmetry, eval_throughput, pretrain_step)]
+    silent = [f"{' '.join(c)} {a.option_strings or a.dest}"
+              for c, parser in commands
               for a in parser._actions if not isinstance(a, argparse._HelpAction) and a.help != argparse.SUPPRESS
               and not (a.help or "").split("(default")[0].strip()]
     assert not silent, f"options without help: {silent}"
