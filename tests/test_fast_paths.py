@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from mae_core.ckpt_io import load_file
-from mae_core.train.fast import ADAMW_IMPLS, adamw_impl, build_adamw
+from mae_core.mae import MaskedAutoencoder
+from mae_core.train.fast import ADAMW_IMPLS, adamw_impl, build_adamw, choose_attention
 from mae_core.train.finetune import finetune
 from mae_core.train.pretrain import FINAL, LAST, pretrain
 
@@ -45,6 +46,28 @@ def test_fused_adamw_gives_the_per_parameter_loops_update():
         results[impl] = ps
     for a, b in zip(results["fused"], results["forloop"]):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_cpu_bf16_takes_the_eager_attention_path_with_the_fused_paths_numbers():
+    torch.manual_seed(0)
+    kwargs = dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, decoder_embed_dim=32,
+                  decoder_depth=2, decoder_num_heads=4)
+    fused, eager = MaskedAutoencoder(**kwargs), MaskedAutoencoder(**kwargs)
+    eager.load_state_dict(fused.state_dict())
+    assert choose_attention(fused, "cpu", "fp32") == "fused" and choose_attention(fused, "cuda", "bf16") == "fused"
+    assert choose_attention(eager, "cpu", "bf16") == "eager"
+    attns = [m for m in eager.modules() if hasattr(m, "fused_attn")]
+    assert len(attns) == 4 and not any(m.fused_attn for m in attns)  # encoder and decoder blocks
+    assert all(m.fused_attn for m in fused.modules() if hasattr(m, "fused_attn"))
+    imgs, noise = torch.randn(4, 3, 32, 32), torch.rand(4, 16)
+    out = {}
+    for name, model in (("fused", fused), ("eager", eager)):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(imgs, mask_ratio=0.75, noise=noise).loss
+        loss.backward()
+        out[name] = loss.detach().float(), model.blocks[0].attn.qkv.weight.grad.clone()
+    torch.testing.assert_close(out["eager"][0], out["fused"][0], rtol=2e-2, atol=2e-2)  # bf16 rounding only
+    torch.testing.assert_close(out["eager"][1], out["fused"][1], rtol=5e-2, atol=5e-3)
 
 
 def _run_losses(out) -> list[float]:

@@ -206,6 +206,7 @@ def test_two_gloo_processes_match_one_process_at_the_same_global_batch(tiny_imag
 def test_bf16_autocast_runs_on_cpu_and_fp16_is_refused_without_cuda(tiny_imagenet, tmp_path):
     final = pretrain(tiny_config(tiny_imagenet, tmp_path / "bf16", epochs=1, precision="bf16")).checkpoint
     assert all(torch.isfinite(t).all() for t in weights(final).values())
+    assert json.loads((tmp_path / "bf16" / "config.json").read_text())["attention"] == "eager"  # fast.py: CPU bf16
     if not torch.cuda.is_available():
         with pytest.raises(OptionError, match="fp16 .* needs CUDA"):
             pretrain(tiny_config(tiny_imagenet, tmp_path / "fp16", epochs=1, precision="fp16"))

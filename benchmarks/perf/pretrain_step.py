@@ -15,7 +15,8 @@ Cases run in alternating order over `--repeats` rounds so background load hits b
 `--official PATH` adds the official `models_mae.py` from a checkout of facebookresearch/mae (imported
 by `official.py`, never vendored), with our weights (same key names) and the same noise (it draws
 `torch.rand` after the same seed). Ours runs as our engine does: the platform's AdamW kernel (fused on
-CPU/CUDA); `--ours-compile` adds torch.compile. The others get `torch.optim.AdamW` as their engines
+CPU/CUDA) and attention path (timm's eager one on CPU under bf16, else fused SDPA: `fast.py`);
+`--ours-compile` adds torch.compile. The others get `torch.optim.AdamW` as their engines
 call it (its default kernel: the per-parameter loop on CPU).
 
     python -m benchmarks.perf.pretrain_step --config vit_base --batch 8 --steps 10 --json out.json
@@ -41,7 +42,7 @@ import transformers
 from transformers import ViTMAEConfig, ViTMAEForPreTraining
 
 from mae_core.mae import MAE_PRESETS, MaskedAutoencoder
-from mae_core.train.fast import build_adamw
+from mae_core.train.fast import build_adamw, choose_attention
 
 from .memory import peak_rss_mb, start_rss_peak
 from .official import build_official, official_loss, seeded_noise
@@ -160,8 +161,10 @@ def measure(model: str, precision: str, config: str = "vit_base", batch: int = 8
     params = [p for p in net.parameters() if p.requires_grad]
     if model == "ours":  # as our engine: the platform's fastest AdamW kernel
         opt, adamw = build_adamw(params, device, **OPTIMIZER)
+        attention = choose_attention(net, device, precision)
     else:  # as their engines call it
         opt, adamw = torch.optim.AdamW(params, **OPTIMIZER), "default"
+        attention = "timm/HF default"
     step_net = torch.compile(net) if model == "ours" and ours_compile else net
     step_s, cpu_s, losses = [], [], []
     for i in range(warmup + steps):
@@ -184,7 +187,7 @@ def measure(model: str, precision: str, config: str = "vit_base", batch: int = 8
     record = dict(model=model, precision=precision, device=device, batch=batch, steps=steps, warmup=warmup,
                   step_s=step_s, cpu_s=cpu_s, loss_first=losses[0], loss_last=losses[-1], params=param_counts(net),
                   rss_peak_mb=rss_peak, rss_delta_mb=rss_peak - rss_before, rss_method=rss_method, adamw=adamw,
-                  compiled=step_net is not net)
+                  attention=attention, compiled=step_net is not net)
     if model == "hf":
         record["hf_attn_implementation"] = net.config._attn_implementation
     if device == "cuda":
@@ -289,8 +292,8 @@ def environment(args: argparse.Namespace) -> dict:
                 device_name=torch.cuda.get_device_name() if args.device == "cuda" else cpu,
                 cpu_capability=torch.backends.cpu.get_cpu_capability(), cpu_native_bf16=cpu_native_bf16(),
                 hf_attn_implementation=HF_ATTN,
-                ours_attention="timm Block, " + ("fused F.scaled_dot_product_attention"
-                                                 if timm.layers.use_fused_attn() else "eager attention"))
+                ours_attention="timm Block: eager on CPU under bf16, else " + (
+                    "fused F.scaled_dot_product_attention" if timm.layers.use_fused_attn() else "eager attention"))
 
 
 def print_table(report: dict) -> None:

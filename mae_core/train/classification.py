@@ -35,7 +35,7 @@ from ..result import RunResult
 from .distributed import DistInfo, barrier, cleanup, init_distributed, train_loader
 from .ema import summarise, update_count
 from .evaluate import checkpoint_sha256, eval_loader, evaluate  # noqa: F401  (checkpoint_sha256: public here)
-from .fast import maybe_compile
+from .fast import choose_attention, maybe_compile
 from .metrics import MetricsLog
 from .optim import lr_at, scaled_lr, set_lr
 from .precision import autocast, grad_scaler, resolve_precision
@@ -173,7 +173,10 @@ def _train(cfg, task: str, train_transform, make_recipe: MakeRecipe, info: DistI
         run = {**meta.get("run", {}), "config": cfg.to_dict(), "resumed_at": now_iso(),
                "resumed_from_epoch": start_epoch}
         elapsed, best = meta.get("elapsed_s", 0.0), meta.get("best", best)
-    run.update(optimizer=recipe.optimizer_impl or type(recipe.optimizer).__name__, compile=recipe.compile)
+    if recipe.model_ema is not None:  # a copy made before this: its evaluation takes the same path
+        choose_attention(recipe.model_ema.module, info.device, precision)
+    run.update(optimizer=recipe.optimizer_impl or type(recipe.optimizer).__name__, compile=recipe.compile,
+               attention=choose_attention(recipe.model, info.device, precision))
     model = maybe_compile(DistributedDataParallel(recipe.model) if info.enabled else recipe.model, recipe.compile)
 
     log = MetricsLog(out / "log.jsonl", enabled=info.is_main)

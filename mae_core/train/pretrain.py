@@ -36,7 +36,7 @@ from .distributed import (
     init_distributed,
     train_loader,
 )
-from .fast import build_adamw, maybe_compile
+from .fast import build_adamw, choose_attention, maybe_compile
 from .metrics import MetricsLog
 from .optim import lr_at, param_groups_weight_decay, scaled_lr, set_lr
 from .precision import autocast, grad_scaler, resolve_precision
@@ -122,16 +122,18 @@ def _pretrain(cfg: PretrainConfig, info: DistInfo) -> RunResult:
     optimizer, adamw = build_adamw(param_groups_weight_decay(model, cfg.weight_decay), info.device, lr=peak_lr,
                                    betas=(0.9, 0.95))
     scaler = grad_scaler(info.device, precision)
+    attention = choose_attention(model, info.device, precision)
 
     run = {"run_id": uuid.uuid4().hex[:12], "git_commit": git_commit(), "started_at": now_iso(),
            "seed": cfg.seed, "config": cfg.to_dict(), "versions": versions(), "device": str(info.device),
            "world_size": info.world_size, "effective_batch": effective_batch, "lr": peak_lr,
-           "precision": precision, "optimizer": f"AdamW ({adamw})", "compile": cfg.compile}
+           "precision": precision, "optimizer": f"AdamW ({adamw})", "attention": attention,
+           "compile": cfg.compile}
     start_epoch, resume_path = 0, find_resume(cfg.resume_from, out, cfg.resume)
     if resume_path is not None:
         start_epoch, saved = restore_training_state(resume_path, model, optimizer, scaler, kwargs)
         run = {**saved["meta"].get("run", {}), "resumed_at": now_iso(), "resumed_from_epoch": start_epoch,
-               "optimizer": f"AdamW ({adamw})", "compile": cfg.compile}
+               "optimizer": f"AdamW ({adamw})", "attention": attention, "compile": cfg.compile}
     ddp_model = maybe_compile(DistributedDataParallel(model) if info.enabled else model, cfg.compile)
 
     log = MetricsLog(out / "log.jsonl", enabled=info.is_main)
@@ -141,7 +143,8 @@ def _pretrain(cfg: PretrainConfig, info: DistInfo) -> RunResult:
         log.truncate_from_epoch(start_epoch)
         print(f"pretraining {cfg.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params) on "
               f"{len(dataset)} images, {info.world_size} process(es) on {info.device}, {precision}, "
-              f"AdamW ({adamw}){', compiled' if cfg.compile else ''}, effective batch {effective_batch}, "
+              f"AdamW ({adamw}), {attention} attention{', compiled' if cfg.compile else ''}, "
+              f"effective batch {effective_batch}, "
               f"lr {peak_lr:.3g}, epochs {start_epoch + 1}..{cfg.epochs}")
 
     last_good, stats = resume_path, {}
