@@ -51,8 +51,8 @@ def choose_attention(model: torch.nn.Module, device: torch.device | str, precisi
     returns its name for the run's log: "eager" (CPU + bf16) or "fused" (timm's default where it is on)."""
     eager = torch.device(device).type == "cpu" and precision == "bf16"
     modules = [m for m in model.modules() if hasattr(m, "fused_attn")]
-    for m in modules:
-        if eager:
+    if eager:
+        for m in modules:
             m.fused_attn = False
     return "fused" if modules and all(m.fused_attn for m in modules) else "eager"
 

@@ -123,17 +123,17 @@ def _pretrain(cfg: PretrainConfig, info: DistInfo) -> RunResult:
                                    betas=(0.9, 0.95))
     scaler = grad_scaler(info.device, precision)
     attention = choose_attention(model, info.device, precision)
+    # this process's fast paths: recorded fresh, also over a resumed run's record
+    paths = {"optimizer": f"AdamW ({adamw})", "attention": attention, "compile": cfg.compile}
 
     run = {"run_id": uuid.uuid4().hex[:12], "git_commit": git_commit(), "started_at": now_iso(),
            "seed": cfg.seed, "config": cfg.to_dict(), "versions": versions(), "device": str(info.device),
            "world_size": info.world_size, "effective_batch": effective_batch, "lr": peak_lr,
-           "precision": precision, "optimizer": f"AdamW ({adamw})", "attention": attention,
-           "compile": cfg.compile}
+           "precision": precision, **paths}
     start_epoch, resume_path = 0, find_resume(cfg.resume_from, out, cfg.resume)
     if resume_path is not None:
         start_epoch, saved = restore_training_state(resume_path, model, optimizer, scaler, kwargs)
-        run = {**saved["meta"].get("run", {}), "resumed_at": now_iso(), "resumed_from_epoch": start_epoch,
-               "optimizer": f"AdamW ({adamw})", "attention": attention, "compile": cfg.compile}
+        run = {**saved["meta"].get("run", {}), "resumed_at": now_iso(), "resumed_from_epoch": start_epoch, **paths}
     ddp_model = maybe_compile(DistributedDataParallel(model) if info.enabled else model, cfg.compile)
 
     log = MetricsLog(out / "log.jsonl", enabled=info.is_main)
