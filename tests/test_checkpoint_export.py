@@ -57,7 +57,7 @@ def test_round_trip_is_lossless(tmp_path, target):
     back = sniff(out)
     assert_same_tensors(back.state_dict, expected)
     assert back.arch["heads_guessed"] == (target == "timm.pth")  # a bare .pth has no room for the heads
-    for k in ("embed_dim", "depth", "patch_size", "img_size", "num_classes", "has_head"):
+    for k in ("embed_dim", "depth", "patch_size", "img_size", "num_classes", "has_head", "layer_norm_eps"):
         assert back.arch[k] == info.arch[k], k
     # and back again: the second trip writes the same tensors
     again = sniff(save_ours(back, tmp_path / "again.pth"))
@@ -71,6 +71,11 @@ def test_ours_keeps_heads_and_eps(tmp_path):
     assert info.meta["format"] == "mae-transfer/1" and info.meta["model_kwargs"]["num_heads"] == 4
     raw = torch.load(tmp_path / "ours.pth", weights_only=True)  # DESIGN contract: plain, weights_only-loadable
     assert set(raw) == {"model", "meta"}
+    # HF's eps (1e-12, not the official 1e-6) survives the conversion: the weights cannot say it, the meta does
+    hf = transformers.ViTMAEModel(_hf_mae_config())
+    back = sniff(save_ours(sniff(_save_hf(hf, tmp_path / "hf", "legacy")), tmp_path / "from_hf.pth"))
+    assert (back.arch["layer_norm_eps"], back.arch["num_heads"], back.arch["heads_guessed"]) == (1e-12, 4, False)
+    assert back.build_timm().blocks[0].norm1.eps == 1e-12
 
 
 def test_timm_safetensors_keeps_heads_and_eps(tmp_path):

@@ -107,6 +107,55 @@ def test_pretrain_writes_our_checkpoint_log_and_config(tiny_imagenet, tmp_path):
     assert grid.step == 2 and grid.width == 4 * (64 + 4) + 4  # four panels of 64 px (32-px images enlarged)
 
 
+def test_the_engine_runs_the_recipe_its_config_names(tiny_imagenet, tmp_path):
+    """The optimiser the engine built (from its checkpoint) and the first logged loss, recomputed outside it."""
+    from mae_core.data import ImageFolderDataset, build_pretrain_transform
+    from mae_core.mae import MaskedAutoencoder
+    from mae_core.train.distributed import train_loader
+    from mae_core.train.pretrain import _model_kwargs
+    from mae_core.train.seeded import SeededMaskingDataset
+
+    cfg = tiny_config(tiny_imagenet, tmp_path, epochs=2, mask_ratio=0.5, weight_decay=0.07, keep_every=1)
+    pretrain(cfg)
+    state = load_file(tmp_path / LAST)
+    shapes = {i: s["exp_avg"].shape for i, s in state["optimizer"]["state"].items()}
+    groups = {g["weight_decay"]: g for g in state["optimizer"]["param_groups"]}
+    assert set(groups) == {0.0, 0.07} and all(tuple(g["betas"]) == (0.9, 0.95) for g in groups.values())
+    model = create_mae(cfg.model, img_size=TINY_IMG, **cfg.model_kwargs)
+    no_decay = sum(p.numel() for n, p in model.named_parameters()
+                   if p.requires_grad and (p.ndim <= 1 or n.endswith("_token")))
+    decay = sum(p.numel() for p in model.parameters() if p.requires_grad) - no_decay
+    assert sum(shapes[i].numel() for i in groups[0.0]["params"]) == no_decay
+    assert sum(shapes[i].numel() for i in groups[0.07]["params"]) == decay
+    # step 1's loss: the initial weights on the first batch with its noise, at the configured mask ratio
+    kwargs = _model_kwargs(cfg)
+    torch.manual_seed(cfg.seed)
+    initial = MaskedAutoencoder(**kwargs)
+    dataset = ImageFolderDataset(cfg.data_path, "train", build_pretrain_transform(kwargs["img_size"]))
+    seeded = SeededMaskingDataset(dataset, initial.patch_embed.num_patches, cfg.seed)
+    sampler, loader = train_loader(seeded, cfg.batch_size, 0, cfg.seed, DistInfo())
+    imgs, _, noise = next(iter(loader))
+    with torch.no_grad():
+        expected = {r: initial(imgs, mask_ratio=r, noise=noise).loss.item() for r in (0.5, 0.75)}
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    steps = [r for r in log if "step" in r]
+    assert steps[0]["step"] == 1 and steps[0]["loss"] == pytest.approx(expected[0.5], rel=1e-5)
+    assert abs(expected[0.5] - expected[0.75]) > 1e-3  # the check can tell the two ratios apart
+    # epoch 2 starts from epoch 1's weights on a new order, new crops and new masks (set_epoch of both)
+    initial.load_state_dict(weights(tmp_path / "checkpoint-1.pth"))
+    seeded.set_epoch(0)
+    img_a, _, noise_a = seeded[3]
+    assert all(torch.equal(x, y) for x, y in zip((img_a, noise_a), seeded[3][::2]))  # a pure function of the epoch
+    sampler.set_epoch(1)
+    seeded.set_epoch(1)
+    img_b, _, noise_b = seeded[3]
+    assert not torch.equal(img_b, img_a) and not torch.equal(noise_b, noise_a)  # new crop, new mask
+    imgs2, _, noise2 = next(iter(loader))
+    with torch.no_grad():
+        assert steps[8]["step"] == 9 and steps[8]["loss"] == pytest.approx(
+            initial(imgs2, mask_ratio=0.5, noise=noise2).loss.item(), rel=1e-5)
+
+
 def test_loss_falls_when_training(tiny_imagenet, tmp_path):
     pretrain(tiny_config(tiny_imagenet, tmp_path, epochs=8, blr=5e-3))
     epochs = [r["epoch_loss"] for r in map(json.loads, (tmp_path / "log.jsonl").read_text().splitlines())
@@ -207,6 +256,10 @@ def test_bf16_autocast_runs_on_cpu_and_fp16_is_refused_without_cuda(tiny_imagene
     final = pretrain(tiny_config(tiny_imagenet, tmp_path / "bf16", epochs=1, precision="bf16")).checkpoint
     assert all(torch.isfinite(t).all() for t in weights(final).values())
     assert json.loads((tmp_path / "bf16" / "config.json").read_text())["attention"] == "eager"  # fast.py: CPU bf16
+    pretrain(tiny_config(tiny_imagenet, tmp_path / "fp32", epochs=1, precision="fp32"))
+    first = {p: json.loads((tmp_path / p / "log.jsonl").read_text().splitlines()[0])["loss"] for p in ("bf16", "fp32")}
+    # the same weights, batch and noise: the losses differ by bf16's rounding only, so the step did run in bf16
+    assert first["bf16"] != first["fp32"] and first["bf16"] == pytest.approx(first["fp32"], rel=0.05)
     if not torch.cuda.is_available():
         with pytest.raises(OptionError, match="fp16 .* needs CUDA"):
             pretrain(tiny_config(tiny_imagenet, tmp_path / "fp16", epochs=1, precision="fp16"))

@@ -43,12 +43,14 @@ def test_tolerance_is_three_std_of_the_seeds_or_the_floor():
 def test_compare_marks_what_moved_and_what_is_missing():
     baseline = make_baseline({"name": "synthetic"},
                              {"finetune/mae/top1": {0: 64.0, 1: 66.0}, "segmentation/mae/mIoU": {0: 40.0, 1: 40.2},
-                              "linprobe/mae/top1": {0: 30.0, 1: 30.0}})
+                              "linprobe/mae/top1": {0: 30.0, 1: 30.0}, "knn/mae/top1": {0: 20.0, 1: 20.0}})
     tol = baseline["metrics"]["finetune/mae/top1"]["tolerance"]  # 3 x 1.414
     table = compare(baseline, {"finetune/mae/top1": 65.0 + tol - 0.1, "segmentation/mae/mIoU": 38.9,
-                               "detection/mae/bbox_AP": 2.0})
+                               "knn/mae/top1": 21.1, "detection/mae/bbox_AP": 2.0})
     assert table.loc["finetune/mae/top1", "moved"] == ""  # within 3 std
-    assert table.loc["segmentation/mae/mIoU", "moved"] == "MOVED"  # 1.2 beyond the 1-point floor
+    assert table.loc["segmentation/mae/mIoU", "moved"] == "MOVED"  # 1.2 below, beyond the 1-point floor
+    assert table.loc["knn/mae/top1", "moved"] == "MOVED"  # 1.1 above: a rise is a change too (new float order?)
+    assert compare(baseline, {"finetune/mae/top1": 65.0 - tol + 0.1})["moved"]["finetune/mae/top1"] == ""
     assert table.loc["linprobe/mae/top1", "moved"] == "MOVED"  # gone from the run
     assert table.loc["detection/mae/bbox_AP", "moved"].startswith("new")
 

@@ -48,8 +48,6 @@ FINAL = "mae_pretrain.pth"
 VIS_IMAGES = 4  # rows of the reconstruction grid in TensorBoard
 
 
-
-
 def _model_kwargs(cfg: PretrainConfig) -> dict:
     return {**MAE_PRESETS[cfg.model], "img_size": cfg.img_size, "norm_pix_loss": cfg.norm_pix_loss,
             **cfg.model_kwargs}
