@@ -131,3 +131,58 @@ def test_pkl_model_files_load_numpy_only(tmp_path):
     evil.write_bytes(pickle.dumps({"model": {}, "__author__": "x", "hook": print}))
     with pytest.raises(CheckpointFormatError, match="refusing to unpickle builtins.print"):
         load_pkl(str(evil))
+
+
+def _cocoeval_fails(json_file, good: dict) -> bool:
+    """Score the valid ground truth `good` as a detection with pycocotools itself: does COCOeval fail on the file?"""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(json_file))
+        dt = gt.loadRes([{k: good[k] for k in ("image_id", "category_id", "bbox", "segmentation")} | {"score": 1.0}])
+        try:
+            for kind in ("bbox", "segm"):
+                ev = COCOeval(gt, dt, kind)
+                ev.evaluate()
+                ev.accumulate()
+        except Exception:
+            return True
+    return False
+
+
+def _first(anns):
+    return next(a for a in anns if not a["iscrowd"])
+
+
+@pytest.mark.parametrize("quirk, reason", [
+    ("no area", "has no 'area'"), ("no iscrowd", "has no 'iscrowd'"),
+    ("2-point polygon", "first polygon of fewer than 3 points"), ("1-point polygon", "first polygon of fewer"),
+    ("empty segmentation", "empty segmentation"), ("extra 2-point part", None), ("zero-height box", None)])
+def test_the_evaluated_split_is_refused_exactly_when_cocoeval_would_fail(real_coco, tmp_path, quirk, reason):
+    """Found by a review: these crashed inside pycocotools after training. Now the check refuses them up front,
+    and only them: a valid polygon with an extra 2-point part, or a flat box, pycocotools scores."""
+    coco = shutil.copytree(real_coco, tmp_path / "coco")
+    data = json.loads(_val_json(coco).read_text())
+    anns = data["annotations"]
+    a = _first(anns)
+    x, y = a["bbox"][:2]
+    edits = {"no area": lambda: [b.pop("area") for b in anns],
+             "no iscrowd": lambda: [b.pop("iscrowd") for b in anns],
+             "2-point polygon": lambda: a.update(segmentation=[[x, y, x + 3, y + 3]]),
+             "1-point polygon": lambda: a.update(segmentation=[[x, y]]),
+             "empty segmentation": lambda: a.update(segmentation=[]),
+             "extra 2-point part": lambda: a.update(segmentation=a["segmentation"] + [[1.0, 1.0, 2.0, 2.0]]),
+             "zero-height box": lambda: a.update(bbox=[x, y, 10.0, 0.0], segmentation=[[x, y, x + 5, y, x + 10, y]])}
+    good = dict(next(b for b in reversed(anns) if not b["iscrowd"] and b is not a))  # untouched by the edits
+    edits[quirk]()
+    _val_json(coco).write_text(json.dumps(data))
+    assert _cocoeval_fails(_val_json(coco), good) == (reason is not None)
+    if reason is None:
+        check_split(coco, "val")
+    else:
+        with pytest.raises(DatasetLayoutError, match=f"cannot score: id {a['id']} .*{reason}"):
+            check_split(coco, "val")

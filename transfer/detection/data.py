@@ -82,6 +82,13 @@ def check_split(root: str | Path, split: str, num_classes: int | None = None) ->
     if unknown:
         raise ClassCountMismatchError(f"{json_file}: annotations use category ids {unknown[:10]} that 'categories' "
                                       "does not list")
+    if split == "val":  # the evaluated split: pycocotools' COCOeval reads these fields of every ground truth
+        bad = [f"id {a.get('id')} {why}" for a in coco.dataset["annotations"] if (why := unevaluable(coco, a))]
+        if bad:
+            raise DatasetLayoutError(
+                f"{json_file}: {len(bad)} annotation(s) that pycocotools' evaluator cannot score: "
+                f"{'; '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}. Give each an 'area', 'iscrowd' (0 or 1), "
+                "a 4-number 'bbox' and a segmentation (polygons of 3 points or more, or RLE), or drop it")
     uses_rle = any(isinstance(a.get("segmentation"), dict) for a in coco.dataset["annotations"]
                    if not a.get("iscrowd", 0))
     checked = CocoSplit(name=dataset_name(json_file, image_root), json_file=json_file, image_root=image_root,
@@ -90,6 +97,24 @@ def check_split(root: str | Path, split: str, num_classes: int | None = None) ->
     if num_classes is not None:
         check_class_count(checked, num_classes)
     return checked
+
+
+def unevaluable(coco, ann: dict) -> str:
+    """Why COCOeval would fail on (or misread) this ground-truth annotation, or "" if it can score it."""
+    missing = [k for k in ("area", "iscrowd", "bbox", "segmentation") if k not in ann]
+    if missing:
+        return f"has no {', '.join(map(repr, missing))}"
+    if not isinstance(ann["bbox"], list) or len(ann["bbox"]) != 4:
+        return "has a bbox that is not [x, y, w, h]"
+    segm = ann["segmentation"]
+    if isinstance(segm, list) and (not segm or not isinstance(segm[0], list) or len(segm[0]) < 6):
+        # pycocotools reads a first polygon of 4 numbers as a box, and fails on fewer
+        return "has a first polygon of fewer than 3 points" if segm else "has an empty segmentation"
+    try:
+        coco.annToRLE(ann)  # what COCOeval does to every ground-truth mask
+    except Exception as e:  # pycocotools raises TypeError, IndexError, bare Exception...
+        return f"has a segmentation pycocotools cannot read ({type(e).__name__}: {e})"
+    return ""
 
 
 def check_class_count(split: CocoSplit, num_classes: int) -> None:
