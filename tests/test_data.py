@@ -173,11 +173,17 @@ def test_skip_corrupt(folder, caplog):
     for b in bad:
         b.write_bytes(b"\x89PNG garbage")
     n_good = len(ImageFolderDataset(folder)) - 2
+    truncated = folder / "train" / "n02" / "cut.JPEG"  # a textured JPEG cut mid-stream: its headers verify
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(truncated, format="JPEG")
+    truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size * 3 // 4])
+    padded = _img(folder / "train" / "n02" / "padded.JPEG", size=(64, 64), fmt="JPEG")  # bytes after the end
+    padded.write_bytes(padded.read_bytes() + b"\x00" * 16)
     with caplog.at_level(logging.WARNING):
         ds = ImageFolderDataset(folder, skip_corrupt=True)
-    assert len(ds) == n_good
-    assert sorted(ds.skipped) == sorted(str(b) for b in bad)
-    assert "skipped 2 " in caplog.text
+    assert len(ds) == n_good + 1  # the padded JPEG is kept
+    assert sorted(ds.skipped) == sorted(str(b) for b in [*bad, truncated])
+    assert "skipped 3 " in caplog.text
     for i in range(len(ds)):
         ds[i]  # everything left loads
 

@@ -52,15 +52,27 @@ def pil_rgb_loader(path: str | os.PathLike) -> Image.Image:
     except (OSError, SyntaxError, ValueError) as e:  # UnidentifiedImageError is an OSError
         raise CorruptImageError(
             f"cannot read image file {os.fspath(path)!r}: {type(e).__name__}: {e}. "
-            "Replace or delete the file, or build the dataset with skip_corrupt=True."
+            "Replace or delete the file, or pass --skip-corrupt (skip_corrupt=True) to leave unreadable files out."
         ) from e
 
 
+def _ends_a_jpeg(path: str) -> bool:
+    """Whether the file ends with JPEG's end-of-image marker (padding after it allowed): reads 64 bytes."""
+    with open(path, "rb") as f:
+        f.seek(max(os.path.getsize(path) - 64, 0))
+        return f.read().rstrip(b"\x00\r\n ").endswith(b"\xff\xd9")
+
+
 def _is_readable_image(path: str) -> bool:
-    """Cheap check used by `skip_corrupt`: PIL can identify the file and `verify()` passes."""
+    """The check of `skip_corrupt`, cheap for good files: PIL identifies the file and `verify()` passes (headers,
+    PNG CRCs); a JPEG without its end marker, i.e. truncated, must also decode in full."""
     try:
         with Image.open(path) as img:
+            is_jpeg = img.format == "JPEG"
             img.verify()
+        if is_jpeg and not _ends_a_jpeg(path):
+            with Image.open(path) as img:
+                img.load()  # raises "image file is truncated" on a cut-off stream
         return True
     except Exception:  # PIL raises a zoo of types on bad data; any failure means "skip"
         return False
@@ -93,10 +105,10 @@ class ImageFolderDataset(Dataset):
         root: dataset root holding the split folders (pass `split=None` if `root` is the split).
         split: sub-folder of `root`, e.g. "train" or "val".
         transform: applied to the PIL RGB image.
-        skip_corrupt: open and `verify()` every file now and drop unreadable ones (listed in
-            `skipped`). Without it, a bad file raises `CorruptImageError` when it is loaded.
-            `verify()` catches files that are not images or have broken headers/CRCs; a JPEG
-            truncated mid-stream is only found when decoded.
+        skip_corrupt: check every file now and drop unreadable ones (listed in `skipped`): PIL's
+            `verify()` finds files that are not images or have broken headers / CRCs, and a JPEG
+            without its end marker (truncated) is decoded in full. Without it, a bad file raises
+            `CorruptImageError` when it is loaded.
         extensions: accepted file suffixes, matched case-insensitively.
     """
 
