@@ -323,6 +323,46 @@ def test_ade20k_sparse_labels_at_varied_sizes(tmp_path):
         assert gt.shape[1:] == sample["inputs"].shape[1:] and max(gt.shape[1:]) <= 512  # 512x512 crops at most
 
 
+def test_the_check_sees_the_images_mmseg_reads_and_refuses_labels_of_another_size(tmp_path, caplog):
+    """Found by a review: a label of another size than its image (or an image turned by its EXIF tag) trained
+    silently or crashed in mmseg's IoUMetric after training; macOS `._*` files crashed the label check; the check
+    counted `.JPG` files mmseg never reads and missed images in sub-folders, which mmseg does read."""
+    from mmseg.registry import DATASETS
+
+    write_synthetic(tmp_path / "d", seed=0, num_train=6, num_val=6, img_size=32, layouts=("ade20k",))
+    root = tmp_path / "d" / "ade20k" / "ADEChallengeData2016"
+    images, anns = root / "images" / "validation", root / "annotations" / "validation"
+    first = sorted(images.iterdir())[0]
+    (images / f"._{first.name}").write_bytes(b"\x00\x05\x16\x07")  # AppleDouble: hidden, read by neither
+    (anns / f"._{first.stem}.png").write_bytes(b"\x00\x05\x16\x07")
+    (images / "sub").mkdir()  # mmseg lists sub-folders
+    (images / "sub" / first.name).write_bytes(first.read_bytes())
+    (anns / "sub").mkdir()
+    (anns / "sub" / f"{first.stem}.png").write_bytes((anns / f"{first.stem}.png").read_bytes())
+    second = sorted(images.glob("ADE_*.jpg"))[1]
+    second.rename(second.with_suffix(".JPG"))  # mmseg reads *.jpg, case as written
+    with caplog.at_level("WARNING"):
+        counts = check_ade20k(root, num_classes=7)
+    assert "1 image file(s)" in caplog.text and second.with_suffix(".JPG").name in caplog.text
+    cfg = engine.prepare("vit-b", data_root=root, work_dir=tmp_path / "work", num_classes=7).cfg
+    assert counts["validation"] == len(DATASETS.build(cfg.val_dataloader.dataset)) == 6  # 6 - .JPG + sub/
+
+    label = anns / f"{first.stem}.png"
+    w, h = Image.open(first).size
+    Image.open(label).resize((2 * w, h), Image.NEAREST).save(label)  # twice as wide as its image
+    with pytest.raises(DatasetLayoutError, match=f"1 of 6 labels .* {label.name} is {2 * w}x{h}, {first.name} {w}x{h}"):
+        check_ade20k(root, num_classes=7)
+    Image.open(label).resize((w, h), Image.NEAREST).save(label)
+    check_ade20k(root, num_classes=7)
+    img = Image.open(first).convert("RGB").resize((w, h // 2))  # stored w x h/2, tagged "rotate 90"
+    Image.open(label).resize((w, h // 2), Image.NEAREST).save(label)  # the label of the stored pixels
+    exif = img.getexif()
+    exif[0x0112] = 6
+    img.save(first, exif=exif)
+    with pytest.raises(DatasetLayoutError, match=f"{label.name} is {w}x{h // 2}, {first.name} {h // 2}x{w} as decoded"):
+        check_ade20k(root, num_classes=7)
+
+
 def test_eval_reads_only_tensor_files_and_resume_only_its_own_work_dir(tmp_path):
     torch.save({"state_dict": {"x": torch.zeros(1)}, "meta": types.SimpleNamespace(a=1)}, tmp_path / "pickled.pth")
     with pytest.raises(CheckpointFormatError, match="segmentor.pth"):

@@ -8,6 +8,7 @@ CUDA assert or "Target out of bounds" inside the loss. ADE20K's labels: 0 = "oth
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +18,10 @@ from mae_core.errors import DatasetLayoutError
 
 ROOT_NAME = "ADEChallengeData2016"
 SPLITS = ("training", "validation")
-IMG_SUFFIXES = (".jpg", ".jpeg", ".png")
+LOOKS_LIKE_IMAGES = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")  # for the warning on what mmseg skips
 IGNORE = (0, 255)
+EXIF_ORIENTATION = 0x0112
+logger = logging.getLogger(__name__)
 
 
 class LabelRangeError(DatasetLayoutError):
@@ -41,35 +44,73 @@ def find_root(path: str | Path) -> Path:
 
 
 def check_split(root: Path, split: str, num_classes: int | None = None, check_labels: bool = True,
-                seg_suffix: str = ".png") -> int:
-    """Every image of `split` has its annotation, and (if `check_labels`) every label fits `num_classes`.
+                img_suffix: str = ".jpg", seg_suffix: str = ".png") -> int:
+    """The images mmseg will read in `split` each have an annotation of their size, and (if `check_labels`)
+    every label fits `num_classes`.
 
     `num_classes` counts classes after `reduce_zero_label`, so raw values 1..num_classes are valid.
-    Returns the number of images.
+    Returns the number of images mmseg reads.
     """
     img_dir, ann_dir = root / "images" / split, root / "annotations" / split
     for folder in (img_dir, ann_dir):
         if not folder.is_dir():
             raise DatasetLayoutError(f"missing folder {folder}: ADE20K keeps images in images/{split} and their "
                                      f"label PNGs in annotations/{split}")
-    images = sorted(p for p in img_dir.iterdir() if p.suffix.lower() in IMG_SUFFIXES)
+    images = mmseg_images(img_dir, img_suffix)
     if not images:
-        raise DatasetLayoutError(f"no images ({', '.join(IMG_SUFFIXES)}) in {img_dir}")
-    missing = [p.name for p in images if not (ann_dir / (p.stem + seg_suffix)).is_file()]
+        raise DatasetLayoutError(f"no *{img_suffix} images in {img_dir} (nor its sub-folders)")
+    pairs = [(img_dir / rel, ann_dir / (rel[: -len(img_suffix)] + seg_suffix)) for rel in images]
+    missing = [(img.name, ann.name) for img, ann in pairs if not ann.is_file()]
     if missing:
         raise DatasetLayoutError(
             f"{len(missing)} of {len(images)} images in {img_dir} have no annotation in {ann_dir} (e.g. "
-            f"{missing[0]} needs {Path(missing[0]).stem + seg_suffix}). Add the label PNGs or remove those images.")
+            f"{missing[0][0]} needs {missing[0][1]}). Add the label PNGs or remove those images.")
+    wrong = [(img, ann, a, b) for img, ann in pairs if (a := displayed_size(img)) != (b := displayed_size(ann))]
+    if wrong:
+        img, ann, a, b = wrong[0]
+        raise DatasetLayoutError(
+            f"{len(wrong)} of {len(images)} labels in {ann_dir} differ in size from their images (e.g. {ann.name} "
+            f"is {b[0]}x{b[1]}, {img.name} {a[0]}x{a[1]} as decoded, EXIF orientation applied): each label must be "
+            "its image's size. Fix the label (or the image's EXIF orientation tag), or remove the pair.")
     if check_labels and num_classes is not None:
-        for p in images:
-            check_labels_of(ann_dir / (p.stem + seg_suffix), num_classes)
+        for _, ann in pairs:
+            check_labels_of(ann, num_classes)
     return len(images)
+
+
+def mmseg_images(img_dir: Path, img_suffix: str) -> list[str]:
+    """The images mmseg's BaseSegDataset reads, by mmengine's own listing (recursive, hidden files left out,
+    the suffix matched as written); image files it would leave out are named in a warning."""
+    from mmengine import fileio
+
+    read = sorted(fileio.list_dir_or_file(str(img_dir), list_dir=False, suffix=img_suffix, recursive=True))
+    seen = fileio.list_dir_or_file(str(img_dir), list_dir=False, suffix=LOOKS_LIKE_IMAGES, recursive=True)
+    left = sorted(set(seen) - set(read))
+    if left:
+        logger.warning("%d image file(s) in %s are not read: mmseg reads *%s only (e.g. %s); rename them to use them",
+                       len(left), img_dir, img_suffix, left[0])
+    return read
+
+
+def displayed_size(path: Path) -> tuple[int, int]:
+    """(width, height) as decoded by mmcv/OpenCV, which apply the EXIF orientation (a no-op for PNG labels)."""
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            turned = im.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8)  # the four that swap width and height
+    except (OSError, SyntaxError, ValueError) as e:  # UnidentifiedImageError is an OSError
+        raise DatasetLayoutError(f"cannot read {path}: {type(e).__name__}: {e}. Replace or remove it.") from e
+    return (h, w) if turned else (w, h)
 
 
 def check_labels_of(path: Path, num_classes: int) -> None:
     """Raw ADE20K values must be 0 (ignore), 1..num_classes, or 255 (ignore), in one channel."""
-    with Image.open(path) as im:
-        labels = np.asarray(im)
+    try:
+        with Image.open(path) as im:
+            labels = np.asarray(im)
+    except (OSError, SyntaxError, ValueError) as e:
+        raise DatasetLayoutError(f"cannot read annotation {path}: {type(e).__name__}: {e}. Replace or remove it.") \
+            from e
     if labels.ndim != 2:
         raise LabelRangeError(f"{path} has {labels.shape[-1]} channels: ADE20K annotations are single-channel "
                               "PNGs of class indices, not colour images")
