@@ -20,6 +20,9 @@ from mae_core.data import write_synthetic  # noqa: E402
 from transfer.detection.data import check_split, register  # noqa: E402
 from transfer.detection.evaluator import STATS, record_metrics  # noqa: E402
 
+# COCOeval.summarize()'s order of `stats`, written out here (not taken from the code under test)
+COCOEVAL_ORDER = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+
 
 @pytest.fixture(scope="module")
 def val_split(tmp_path_factory):
@@ -92,3 +95,20 @@ def test_shuffled_boxes_score_far_lower(val_split, tmp_path):
     results = _evaluate(val_split, tmp_path, shuffle_boxes=True)
     assert results["bbox"]["AP"] < 30.0, results["bbox"]
     assert results["segm"]["AP"] == pytest.approx(100.0)  # masks were not shuffled: the boxes are what broke
+    # all 12 numbers under their names: pycocotools run by hand on the predictions the evaluator wrote
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(val_split.json_file))
+        dt = gt.loadRes(str(tmp_path / "coco_instances_results.json"))
+        for task in ("bbox", "segm"):
+            ev = COCOeval(gt, dt, task)
+            ev.evaluate()
+            ev.accumulate()
+            ev.summarize()
+            expected = {name: v * 100 if v >= 0 else float("nan") for name, v in zip(COCOEVAL_ORDER, ev.stats)}
+            assert {k: results[task][k] for k in COCOEVAL_ORDER} == pytest.approx(expected, nan_ok=True), task

@@ -103,6 +103,26 @@ def test_train_transform_is_the_official_tf_style_crop_and_flip():
     for _ in range(200):  # one draw, clamped: always inside the image, even for extreme aspect ratios
         i, j, h, w = RandomResizedCropTF.get_params(img, (0.08, 1.0), (0.1, 10.0))
         assert 0 <= i <= 24 - h and 0 <= j <= 40 - w and 1 <= h <= 24 and 1 <= w <= 40
+    for seed in range(100):  # the same boxes from the same random stream as the official util/crop.py
+        torch.manual_seed(seed)
+        ours = RandomResizedCropTF.get_params(img, (0.08, 1.0), (3 / 4, 4 / 3))
+        torch.manual_seed(seed)
+        assert ours == _official_crop_params(img, (0.08, 1.0), (3 / 4, 4 / 3)), seed
+
+
+def _official_crop_params(img, scale, ratio):
+    """`RandomResizedCrop.get_params` of the official util/crop.py (BYOL's TF crop), ported line by line."""
+    import math
+
+    width, height = img.size
+    target_area = height * width * torch.empty(1).uniform_(scale[0], scale[1]).item()
+    log_ratio = torch.log(torch.tensor(ratio))
+    aspect_ratio = torch.exp(torch.empty(1).uniform_(log_ratio[0], log_ratio[1])).item()
+    w = min(int(round(math.sqrt(target_area * aspect_ratio))), width)
+    h = min(int(round(math.sqrt(target_area / aspect_ratio))), height)
+    i = torch.randint(0, height - h + 1, size=(1,)).item()
+    j = torch.randint(0, width - w + 1, size=(1,)).item()
+    return i, j, h, w
 
 
 # ---------------------------------------------------------------- a run

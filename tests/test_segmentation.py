@@ -199,6 +199,11 @@ def test_relative_position_bias_resize():
     assert torch.equal(big[-3:], table[-3:])  # cls entries kept apart
     const = resize_rel_pos_bias(torch.ones(7 * 7 + 3, 2), (8, 8))
     torch.testing.assert_close(const, torch.ones_like(const))
+    # each head on its own: row i * 7 + j of the table is offset (i, j) of the head's 7x7 grid
+    for h in range(2):
+        grid = torch.tensor([[table[i * 7 + j, h].item() for j in range(7)] for i in range(7)])
+        alone = torch.nn.functional.interpolate(grid[None, None], size=(15, 15), mode="bicubic", align_corners=False)
+        torch.testing.assert_close(big[:-3, h], alone.flatten())
     backbone = mmseg_backbone(img_size=64)  # the table of an mmseg checkpoint at 32 px arrives resized
     target = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
     sd, report = convert_for_backbone({"blocks.0.attn.relative_position_bias_table": torch.randn(7 * 7 + 3, 4)},
