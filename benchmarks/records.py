@@ -94,6 +94,8 @@ def append_record(record: dict, directory: str | Path | None = None) -> Path:
     line = (json.dumps(record, allow_nan=False, default=str) + "\n").encode()
     path = results_dir(directory) / f"{record['task']}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and path.stat().st_size and not path.read_bytes().endswith(b"\n"):
+        line = b"\n" + line  # a line cut off by a killed writer stays its own (skipped) line, not glued to ours
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         written = os.write(fd, line)

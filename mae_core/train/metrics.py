@@ -34,7 +34,7 @@ class MetricsLog:
         hides the killed run's steps of those epochs (`purge_step`), or its plots would draw them twice."""
         if not (self.enabled and self.path.exists()):
             return
-        lines = [(line, json.loads(line)) for line in self.path.read_text().splitlines() if line.strip()]
+        lines = _parsed_lines(self.path)
         kept = [line for line, r in lines if r.get("epoch", -1) < epoch]
         dropped_steps = [r["step"] for _, r in lines if r.get("epoch", -1) >= epoch and "step" in r]
         self._purge_step = min(dropped_steps, default=None)
@@ -62,4 +62,17 @@ class MetricsLog:
     def read(self) -> list[dict]:
         if not self.path.exists():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        return [r for _, r in _parsed_lines(self.path)]
+
+
+def _parsed_lines(path: Path) -> list[tuple[str, dict]]:
+    """(line, record) of each whole line; a line cut off by a killed run (not JSON) is left out."""
+    out = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            out.append((line, record))
+    return out
