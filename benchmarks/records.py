@@ -94,10 +94,11 @@ def append_record(record: dict, directory: str | Path | None = None) -> Path:
     line = (json.dumps(record, allow_nan=False, default=str) + "\n").encode()
     path = results_dir(directory) / f"{record['task']}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists() and path.stat().st_size and not path.read_bytes().endswith(b"\n"):
-        line = b"\n" + line  # a line cut off by a killed writer stays its own (skipped) line, not glued to ours
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":  # the last byte only, not the whole file
+            line = b"\n" + line  # a line cut off by a killed writer stays its own (skipped) line, not glued to ours
         written = os.write(fd, line)
     finally:
         os.close(fd)
